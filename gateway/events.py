@@ -1,0 +1,117 @@
+"""The transactional outbox.
+
+Two kinds of rows are written in the same transaction as the change that
+causes them:
+
+* :class:`Event` — a live event (``ticket.created``, ``message.created`` …).
+  ``seq`` is the stream's ``id:``; a relay publishes unpublished rows after
+  commit, and a reconnecting client is replayed from here.
+* :class:`OutboxTask` — a side effect outside the database (an email to send,
+  a Slack post), with a state machine so that a retry after a crash is
+  detected rather than repeated blindly. ``idempotency_key`` is unique.
+
+Nothing here sends anything: that is the relay's and the workers' job.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, Uuid
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from gateway.db import Base, UTCDateTime, new_id, utcnow
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+EVENT_TYPES = (
+    "ticket.created",
+    "ticket.updated",
+    "ticket.deleted",
+    "ticket.restored",
+    "ticket.archived",
+    "message.created",
+    "attachment.created",
+)
+
+TASK_STATES = ("pending", "running", "done", "failed", "dead")
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_ticket", "ticket_id", "seq"),
+        Index("ix_events_unpublished", "published_at", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(32))
+    ticket_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    ticket_number: Mapped[int | None] = mapped_column(Integer)
+    # Who may see it: staff always; the ticket's customer unless internal.
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OutboxTask(Base):
+    __tablename__ = "outbox_tasks"
+    __table_args__ = (Index("ix_outbox_tasks_state", "state", "available_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+def record_event(
+    session: Session,
+    type_: str,
+    *,
+    ticket: Any,
+    actor: dict[str, Any] | None,
+    internal: bool = False,
+    **extra: Any,
+) -> Event:
+    """Add an event row for ``ticket`` to the session (flushed with the change)."""
+    if type_ not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type_}")
+    at = utcnow()
+    data: dict[str, Any] = {
+        "type": type_,
+        "ticket_id": str(ticket.id),
+        "ticket_number": ticket.number,
+        "at": at.isoformat(),
+        "actor": actor,
+    }
+    data.update({k: v for k, v in extra.items() if v is not None})
+    event = Event(
+        type=type_,
+        ticket_id=ticket.id,
+        ticket_number=ticket.number,
+        customer_id=ticket.customer_id,
+        internal=internal,
+        data=data,
+        created_at=at,
+    )
+    session.add(event)
+    return event
+
+
+def enqueue(session: Session, kind: str, key: str, payload: dict[str, Any]) -> OutboxTask:
+    """Add a side-effect task; the unique key makes a second enqueue a no-op upstream."""
+    task = OutboxTask(kind=kind, idempotency_key=f"{kind}:{key}", payload=payload)
+    session.add(task)
+    return task

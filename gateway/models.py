@@ -1,0 +1,26 @@
+"""Import every model so that ``Base.metadata`` is complete (Alembic, tests)."""
+
+from gateway.attachments.models import Attachment
+from gateway.conversations.models import Message
+from gateway.db import Base
+from gateway.events import Event, OutboxTask
+from gateway.metadata.models import CustomFieldDefinition, TicketMetadata
+from gateway.policies.models import DeletionPolicy
+from gateway.tickets.models import Ticket, TicketHistory, TicketTag
+from gateway.users.models import ApiToken, User
+
+__all__ = [
+    "ApiToken",
+    "Attachment",
+    "Base",
+    "CustomFieldDefinition",
+    "DeletionPolicy",
+    "Event",
+    "Message",
+    "OutboxTask",
+    "Ticket",
+    "TicketHistory",
+    "TicketMetadata",
+    "TicketTag",
+    "User",
+]

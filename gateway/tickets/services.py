@@ -1,0 +1,335 @@
+"""Ticket services: create, read, change, delete, archive, purge.
+
+Every change bumps ``version`` (optimistic concurrency: a stale ``If-Match``
+or a concurrent writer is PreconditionFailed), writes an audit row per field
+and an outbox event in the same transaction. Services never commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from gateway.db import utcnow
+from gateway.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from gateway.events import enqueue, record_event
+from gateway.metadata.models import TicketMetadata
+from gateway.metadata.services import metadata_for, validate_custom_fields
+from gateway.permissions import Principal, check_ticket_visible, require_admin, require_staff
+from gateway.policies.services import get_deletion_policy
+from gateway.tickets.history import audit
+from gateway.tickets.models import Ticket, TicketTag
+from gateway.tickets.schemas import CustomerTicketUpdate, TicketCreate, TicketUpdate
+from gateway.tickets.workflow import PRIORITIES, PRIORITY_RANK, check_transition
+from gateway.users.models import User
+from gateway.users.services import get_or_create_customer
+
+
+def user_ref(user: User | None) -> dict[str, Any] | None:
+    if user is None:
+        return None
+    return {"id": str(user.id), "email": user.email, "name": user.name}
+
+
+def ticket_out(
+    ticket: Ticket, metadata: dict[str, str], principal: Principal | None = None
+) -> dict[str, Any]:
+    count = ticket.message_count
+    if principal is not None and not principal.is_staff:
+        count -= ticket.note_count
+    return {
+        "id": str(ticket.id),
+        "number": ticket.number,
+        "title": ticket.title,
+        "description": ticket.description,
+        "status": ticket.status,
+        "priority": PRIORITIES[ticket.priority],
+        "channel": ticket.channel,
+        "customer": user_ref(ticket.customer),
+        "assignee": user_ref(ticket.assignee),
+        "tags": ticket.tags,
+        "metadata": metadata,
+        "custom_fields": ticket.custom_fields or {},
+        "message_count": count,
+        "created_at": ticket.created_at.isoformat(),
+        "updated_at": ticket.updated_at.isoformat(),
+        "archived_at": ticket.archived_at.isoformat() if ticket.archived_at else None,
+        "deleted_at": ticket.deleted_at.isoformat() if ticket.deleted_at else None,
+        "version": ticket.version,
+    }
+
+
+def tickets_out(
+    session: Session, tickets: list[Ticket], principal: Principal | None = None
+) -> list[dict[str, Any]]:
+    meta = metadata_for(session, (t.id for t in tickets))
+    return [ticket_out(t, meta.get(t.id, {}), principal) for t in tickets]
+
+
+def get_ticket(session: Session, principal: Principal, ref: str | uuid.UUID) -> Ticket:
+    """A ticket by UUID or by number; NotFound when absent or not visible."""
+    ticket: Ticket | None = None
+    if isinstance(ref, uuid.UUID):
+        ticket = session.get(Ticket, ref)
+    elif ref.isdigit() and len(ref) < 10:
+        ticket = session.scalar(select(Ticket).where(Ticket.number == int(ref)))
+    else:
+        try:
+            ticket = session.get(Ticket, uuid.UUID(ref))
+        except ValueError:
+            ticket = None
+    return check_ticket_visible(principal, ticket)
+
+
+def _next_number(session: Session) -> int:
+    if session.get_bind().dialect.name == "postgresql":
+        return int(session.execute(text("SELECT nextval('ticket_number_seq')")).scalar_one())
+    # SQLite: every transaction is BEGIN IMMEDIATE, so writers are serialised.
+    return int(session.scalar(select(func.coalesce(func.max(Ticket.number), 0))) or 0) + 1
+
+
+def _check_assignee(session: Session, assignee_id: uuid.UUID | None) -> User | None:
+    if assignee_id is None:
+        return None
+    user = session.get(User, assignee_id)
+    if user is None or not user.is_staff or not user.active:
+        raise ValidationFailed.on("assignee_id", "must be an active agent or admin")
+    return user
+
+
+def create_ticket(
+    session: Session,
+    principal: Principal,
+    data: TicketCreate,
+    *,
+    channel: str = "api",
+    customer: User | None = None,
+) -> Ticket:
+    if customer is None:
+        if principal.is_customer or data.customer_email is None:
+            if principal.user_id is None:
+                raise ValidationFailed.on("customer_email", "is required")
+            customer = session.get(User, principal.user_id)
+        else:
+            customer = get_or_create_customer(session, str(data.customer_email), data.customer_name)
+    assert customer is not None
+    if not customer.active:
+        raise ValidationFailed.on("customer_email", "that user is deactivated")
+    assignee = _check_assignee(session, data.assignee_id)
+    custom = (
+        validate_custom_fields(session, {}, data.custom_fields, creating=True)
+        if principal.is_staff
+        else {}
+    )
+    now = utcnow()
+    ticket = Ticket(
+        number=_next_number(session),
+        title=data.title,
+        description=data.description,
+        status="new",
+        priority=PRIORITY_RANK[data.priority],
+        channel=channel,
+        customer_id=customer.id,
+        assignee_id=assignee.id if assignee else None,
+        custom_fields=custom,
+        reply_token=secrets.token_hex(12),
+        created_at=now,
+        updated_at=now,
+        message_count=0,
+        note_count=0,
+    )
+    ticket.customer = customer
+    ticket.assignee = assignee
+    ticket.tag_rows = [TicketTag(tag=tag) for tag in sorted(set(data.tags))]
+    session.add(ticket)
+    session.flush()
+    for key, value in data.metadata.items():
+        session.add(TicketMetadata(ticket_id=ticket.id, key=key, value=value))
+    audit(session, ticket, principal, "created")
+    record_event(session, "ticket.created", ticket=ticket, actor=principal.as_actor())
+    enqueue(session, "ticket.created", str(ticket.id), {"ticket_id": str(ticket.id)})
+    session.flush()
+    return ticket
+
+
+def check_writable(ticket: Ticket) -> None:
+    if ticket.deleted_at is not None:
+        raise Conflict("the ticket is deleted; restore it first")
+    if ticket.archived_at is not None:
+        raise Conflict("the ticket is archived and read-only; unarchive it first")
+
+
+def check_version(ticket: Ticket, if_match: int | None) -> None:
+    if if_match is not None and if_match != ticket.version:
+        raise PreconditionFailed(
+            f"the ticket changed (version {ticket.version}, you sent {if_match})",
+            data={"version": ticket.version},
+        )
+
+
+def flush_change(session: Session) -> None:
+    """Flush, turning a concurrent writer's win into PreconditionFailed."""
+    try:
+        session.flush()
+    except StaleDataError:
+        raise PreconditionFailed("the ticket was changed by someone else; reload it") from None
+
+
+def touch(ticket: Ticket) -> None:
+    ticket.updated_at = utcnow()
+
+
+def update_ticket(
+    session: Session,
+    principal: Principal,
+    ticket: Ticket,
+    data: TicketUpdate | CustomerTicketUpdate,
+    *,
+    if_match: int | None = None,
+) -> dict[str, list[Any]]:
+    """Apply a PATCH; returns ``changes`` {field: [old, new]} (empty when nothing changed)."""
+    check_version(ticket, if_match)
+    check_writable(ticket)
+    fields = data.model_dump(exclude_unset=True)
+    # One UPDATE (one version bump) for the whole PATCH: no flush midway.
+    with session.no_autoflush:
+        changes: dict[str, list[Any]] = {}
+        for name in ("title", "description"):
+            if (
+                name in fields
+                and fields[name] is not None
+                and fields[name] != getattr(ticket, name)
+            ):
+                changes[name] = [getattr(ticket, name), fields[name]]
+                setattr(ticket, name, fields[name])
+        if fields.get("status") is not None and fields["status"] != ticket.status:
+            check_transition(ticket.status, fields["status"])
+            changes["status"] = [ticket.status, fields["status"]]
+            ticket.status = fields["status"]
+        if fields.get("priority") is not None:
+            rank = PRIORITY_RANK[fields["priority"]]
+            if rank != ticket.priority:
+                changes["priority"] = [PRIORITIES[ticket.priority], fields["priority"]]
+                ticket.priority = rank
+        if "assignee_id" in fields and fields["assignee_id"] != ticket.assignee_id:
+            assignee = _check_assignee(session, fields["assignee_id"])
+            changes["assignee"] = [
+                str(ticket.assignee_id) if ticket.assignee_id else None,
+                str(assignee.id) if assignee else None,
+            ]
+            ticket.assignee_id = assignee.id if assignee else None
+            ticket.assignee = assignee
+        if fields.get("tags") is not None:
+            new_tags = sorted(set(fields["tags"]))
+            if new_tags != ticket.tags:
+                changes["tags"] = [ticket.tags, new_tags]
+                keep = {row.tag: row for row in ticket.tag_rows}
+                ticket.tag_rows = [keep.get(tag) or TicketTag(tag=tag) for tag in new_tags]
+        if fields.get("custom_fields") is not None:
+            merged = validate_custom_fields(
+                session, ticket.custom_fields or {}, fields["custom_fields"], creating=False
+            )
+            if merged != (ticket.custom_fields or {}):
+                changes["custom_fields"] = [ticket.custom_fields or {}, merged]
+                ticket.custom_fields = merged
+        for key in ("title", "description"):
+            if key in fields and fields[key] is None:
+                raise ValidationFailed.on(key, "cannot be null")
+    if changes:
+        record_change(session, principal, ticket, changes)
+    return changes
+
+
+def record_change(
+    session: Session, principal: Principal, ticket: Ticket, changes: dict[str, list[Any]]
+) -> None:
+    """Touch the ticket and write the audit rows and the ``ticket.updated`` event."""
+    touch(ticket)
+    flush_change(session)
+    for name, (old, new) in changes.items():
+        audit(session, ticket, principal, "updated", name, old, new)
+    record_event(
+        session, "ticket.updated", ticket=ticket, actor=principal.as_actor(), changes=changes
+    )
+
+
+def soft_delete(session: Session, principal: Principal, ticket: Ticket) -> None:
+    require_staff(principal)
+    if ticket.deleted_at is not None:
+        return
+    ticket.deleted_at = utcnow()
+    touch(ticket)
+    flush_change(session)
+    audit(session, ticket, principal, "deleted")
+    record_event(session, "ticket.deleted", ticket=ticket, actor=principal.as_actor())
+
+
+def restore(session: Session, principal: Principal, ticket: Ticket) -> None:
+    require_staff(principal)
+    if ticket.deleted_at is None:
+        return
+    ticket.deleted_at = None
+    touch(ticket)
+    flush_change(session)
+    audit(session, ticket, principal, "restored")
+    record_event(session, "ticket.restored", ticket=ticket, actor=principal.as_actor())
+
+
+def archive(session: Session, principal: Principal, ticket: Ticket) -> None:
+    require_staff(principal)
+    if ticket.deleted_at is not None:
+        raise Conflict("the ticket is deleted; restore it first")
+    if ticket.archived_at is not None:
+        return
+    ticket.archived_at = utcnow()
+    touch(ticket)
+    flush_change(session)
+    audit(session, ticket, principal, "archived")
+    record_event(session, "ticket.archived", ticket=ticket, actor=principal.as_actor())
+
+
+def unarchive(session: Session, principal: Principal, ticket: Ticket) -> None:
+    require_staff(principal)
+    if ticket.archived_at is None:
+        return
+    old = ticket.archived_at.isoformat()
+    ticket.archived_at = None
+    audit(session, ticket, principal, "unarchived")
+    record_change(session, principal, ticket, {"archived_at": [old, None]})
+
+
+def purge(session: Session, principal: Principal, ticket: Ticket) -> list[str]:
+    """Remove the ticket and everything of it for good, where the policy allows.
+
+    Returns the sha256 of attachment files that may now be unreferenced; a
+    storage clean-up task is queued for them in the same transaction.
+    """
+    require_admin(principal)
+    policy = get_deletion_policy(session)
+    if policy.require_soft_delete_before_purge and ticket.deleted_at is None:
+        raise Conflict(
+            "the deletion policy requires a soft delete before a purge: DELETE the ticket first"
+        )
+    from gateway.attachments.models import Attachment
+
+    hashes = sorted(
+        set(session.scalars(select(Attachment.sha256).where(Attachment.ticket_id == ticket.id)))
+    )
+    record_event(session, "ticket.deleted", ticket=ticket, actor=principal.as_actor(), purged=True)
+    if hashes:
+        enqueue(session, "storage.collect", f"purge:{ticket.id}", {"sha256": hashes})
+    session.delete(ticket)
+    session.flush()
+    return hashes
+
+
+def ensure_exists(session: Session, ticket_id: uuid.UUID) -> Ticket:
+    ticket = session.get(Ticket, ticket_id)
+    if ticket is None:
+        raise NotFound("no such ticket")
+    return ticket

@@ -1,0 +1,345 @@
+"""Declared endpoints: one decorator validates, authenticates and documents.
+
+``@endpoint(...)`` wraps a view so that it
+
+1. authenticates the caller (unless ``public``) and applies the rate limits,
+2. validates the query string and JSON body with the given pydantic models
+   (``customer_body`` for customers, where their writable fields differ),
+3. runs the view inside one database transaction, committed before the
+   response leaves,
+
+and records the same models on the view, from which :func:`build_openapi`
+writes ``openapi.json``. What validates a request is what documents it.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any
+
+from flask import Flask, Response, current_app, g, json, request
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from gateway.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from gateway.permissions import Principal
+from gateway.schemas import Problem
+
+
+@dataclass
+class Spec:
+    summary: str
+    tag: str
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    customer_body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    public: bool = False
+    media_type: str = "application/json"
+    etag: bool = False
+    description: str = ""
+    errors: tuple[int, ...] = field(default_factory=tuple)
+
+
+ViewResult = Response | dict[str, Any] | tuple[Any, ...] | None
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _is_list(typing.get_args(annotation)[0])
+    return False
+
+
+def parse_query(model: type[BaseModel]) -> BaseModel:
+    prefixes: tuple[str, ...] = getattr(model, "extra_prefixes", ())
+    values: dict[str, Any] = {}
+    unknown: list[str] = []
+    for name in request.args:
+        info = model.model_fields.get(name)
+        if info is None:
+            if not name.startswith(prefixes) or not prefixes:
+                unknown.append(name)
+            continue
+        values[name] = (
+            request.args.getlist(name) if _is_list(info.annotation) else request.args[name]
+        )
+    if unknown:
+        raise ValidationFailed.on(unknown[0], "unknown query parameter")
+    return model.model_validate(values)
+
+
+def parse_body(model: type[BaseModel]) -> BaseModel:
+    limit = current_app.extensions["supportgate"].settings.max_json_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"a JSON body is at most {limit} bytes")
+    if not request.is_json:
+        raise UnsupportedMediaType("send the body as application/json")
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"a JSON body is at most {limit} bytes")
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise ValidationFailed.on("body", f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed.on("body", "must be a JSON object")
+    return model.model_validate(data)
+
+
+def to_response(result: ViewResult, spec: Spec) -> Response:
+    if isinstance(result, Response):
+        return result
+    status, headers = spec.status, {}
+    if isinstance(result, tuple):
+        payload, *rest = result
+        if rest:
+            status = rest[0]
+        if len(rest) > 1:
+            headers = rest[1]
+    else:
+        payload = result
+    if payload is None:
+        response = Response(status=status if status != 200 else 204)
+    else:
+        response = Response(json.dumps(payload), status=status, mimetype=spec.media_type)
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response
+
+
+def endpoint(
+    *,
+    summary: str,
+    tag: str,
+    query: type[BaseModel] | None = None,
+    body: type[BaseModel] | None = None,
+    customer_body: type[BaseModel] | None = None,
+    response: type[BaseModel] | None = None,
+    status: int = 200,
+    public: bool = False,
+    etag: bool = False,
+    description: str = "",
+    errors: tuple[int, ...] = (),
+) -> Callable[[Callable[..., ViewResult]], Callable[..., Response]]:
+    spec = Spec(
+        summary=summary,
+        tag=tag,
+        query=query,
+        body=body,
+        customer_body=customer_body,
+        response=response,
+        status=status,
+        public=public,
+        etag=etag,
+        description=description,
+        errors=errors,
+    )
+
+    def decorator(view: Callable[..., ViewResult]) -> Callable[..., Response]:
+        @wraps(view)
+        def wrapper(**path_args: Any) -> Response:
+            from web.auth import authenticate_request
+
+            ctx = current_app.extensions["supportgate"]
+            with ctx.db.transaction() as session:
+                kwargs: dict[str, Any] = {"session": session}
+                principal: Principal | None = None
+                if not public:
+                    principal = authenticate_request(ctx, session)
+                    g.principal = principal
+                    kwargs["principal"] = principal
+                if query is not None:
+                    kwargs["query"] = parse_query(query)
+                if body is not None:
+                    model = body
+                    if (
+                        customer_body is not None
+                        and principal is not None
+                        and principal.is_customer
+                    ):
+                        model = customer_body
+                    kwargs["body"] = parse_body(model)
+                result = view(**path_args, **kwargs)
+            return to_response(result, spec)
+
+        wrapper.spec = spec  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorator
+
+
+def documented(
+    *,
+    summary: str,
+    tag: str,
+    response: type[BaseModel] | None = None,
+    media_type: str = "application/json",
+    errors: tuple[int, ...] = (),
+) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Document a public view that needs neither the database session nor auth."""
+
+    def decorator(view: Callable[..., Response]) -> Callable[..., Response]:
+        view.spec = Spec(  # type: ignore[attr-defined]
+            summary=summary,
+            tag=tag,
+            response=response,
+            public=True,
+            media_type=media_type,
+            errors=errors,
+        )
+        return view
+
+    return decorator
+
+
+# --- OpenAPI ----------------------------------------------------------------
+
+ERROR_STATUSES = {
+    400: "Bad request",
+    401: "Authentication required",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Validation failed",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
+
+
+def _openapi_path(rule: str) -> tuple[str, list[str]]:
+    names: list[str] = []
+    out = []
+    for part in rule.split("/"):
+        if part.startswith("<") and part.endswith(">"):
+            name = part[1:-1].split(":")[-1]
+            names.append(name)
+            out.append("{" + name + "}")
+        else:
+            out.append(part)
+    return "/".join(out), names
+
+
+def operation_id(method: str, path: str) -> str:
+    cleaned = path.strip("/").replace("{", "").replace("}", "").replace("/", "_")
+    return f"{method.lower()}_{cleaned.replace('-', '_').replace('.', '_')}"
+
+
+def iter_specs(app: Flask) -> typing.Iterator[tuple[str, str, Spec]]:
+    """(rule, method, spec) for every declared API route."""
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        spec: Spec | None = getattr(view, "spec", None)
+        if spec is None:
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            yield rule.rule, method, spec
+
+
+def build_openapi(app: Flask) -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], Any]] = [(Problem, "serialization")]
+    specs = list(iter_specs(app))
+    for _, _, spec in specs:
+        for m in (spec.body, spec.customer_body, spec.query):
+            if m is not None:
+                models.append((m, "validation"))
+        if spec.response is not None:
+            models.append((spec.response, "serialization"))
+    keyed, defs = models_json_schema(
+        list(dict.fromkeys(models)), ref_template="#/components/schemas/{model}"
+    )
+    schemas = defs.get("$defs", {})
+
+    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+        return keyed[(model, mode)]  # type: ignore[index]
+
+    problem_ref = ref(Problem, "serialization")
+    paths: dict[str, dict[str, Any]] = {}
+    for rule, method, spec in specs:
+        path, path_params = _openapi_path(rule)
+        op: dict[str, Any] = {
+            "summary": spec.summary,
+            "tags": [spec.tag],
+            "operationId": operation_id(method, path),
+            "parameters": [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                for n in path_params
+            ],
+            "responses": {},
+        }
+        if spec.description:
+            op["description"] = spec.description
+        if spec.public:
+            op["security"] = []
+        if spec.query is not None:
+            query_schema = schemas[ref(spec.query, "validation")["$ref"].rsplit("/", 1)[-1]]
+            required = set(query_schema.get("required", []))
+            for name, prop in query_schema.get("properties", {}).items():
+                param: dict[str, Any] = {
+                    "name": name,
+                    "in": "query",
+                    "required": name in required,
+                    "schema": prop,
+                }
+                if "description" in prop:
+                    param["description"] = prop["description"]
+                if prop.get("type") == "array":
+                    param["style"], param["explode"] = "form", True
+                op["parameters"].append(param)
+        if spec.body is not None:
+            body_schema = ref(spec.body, "validation")
+            if spec.customer_body is not None:
+                body_schema = {"anyOf": [body_schema, ref(spec.customer_body, "validation")]}
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": body_schema}},
+            }
+        ok: dict[str, Any] = {"description": "Success"}
+        if spec.response is None and spec.media_type != "application/json":
+            ok["content"] = {spec.media_type: {"schema": {"type": "string"}}}
+        if spec.response is not None:
+            ok["content"] = {spec.media_type: {"schema": ref(spec.response, "serialization")}}
+        if spec.etag:
+            ok["headers"] = {"ETag": {"schema": {"type": "string"}, "description": '"<version>"'}}
+        op["responses"][str(spec.status)] = ok
+        error_codes = set(spec.errors) | {422, 429}
+        if not spec.public:
+            error_codes |= {401, 403}
+        if spec.body is not None:
+            error_codes |= {413, 415}
+        if path_params:
+            error_codes.add(404)
+        for code in sorted(error_codes):
+            op["responses"][str(code)] = {
+                "description": ERROR_STATUSES[code],
+                "content": {"application/problem+json": {"schema": problem_ref}},
+            }
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Supportgate API",
+            "version": "1.0.0",
+            "description": "Tickets, conversations and users of a Supportgate installation.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
