@@ -111,7 +111,7 @@ class _TextExtractor(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in ("script", "style", "head", "title"):
             self._skip = max(0, self._skip - 1)
-        elif tag in _BLOCK:
+        elif tag in _BLOCK and tag != "li":
             self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:

@@ -183,6 +183,7 @@ def list_tickets(
             pair = tuple_(column, Ticket.id)
             conds.append(pair < (last_key, last_id) if descending else pair > (last_key, last_id))
     stmt = stmt.where(and_(*conds)) if conds else stmt
+    order: list[Any]
     if sort_name == "number":
         order = [Ticket.number.desc() if descending else Ticket.number.asc()]
     else:

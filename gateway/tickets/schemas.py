@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, EmailStr, Field, StringConstraints
 
@@ -104,6 +104,8 @@ class TicketPage(BaseModel):
 class TicketListQuery(QueryModel):
     """List filters. ``metadata.<key>=<value>`` and ``cf.<key>=<value>`` are
     accepted as well (any number, all must match)."""
+
+    extra_prefixes: ClassVar[tuple[str, ...]] = ("metadata.", "cf.")
 
     status: str | None = Field(None, description="comma list of statuses")
     priority: str | None = Field(None, description="comma list of priorities")

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.metadata.models import CustomFieldDefinition
+from gateway.permissions import Principal
+from gateway.tickets.schemas import TicketCreate
+from gateway.tickets.services import create_ticket
+from gateway.users.services import find_user_by_email
+
+
+def ids(caller, query=""):
+    r = caller.get(f"/api/v1/tickets?{query}")
+    assert r.status_code == 200, r.get_json()
+    return [t["id"] for t in r.get_json()["items"]]
+
+
+def walk(caller, query, limit, between_pages=None):
+    seen, cursor, pages = [], None, 0
+    while True:
+        q = f"{query}&limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        r = caller.get(f"/api/v1/tickets?{q}")
+        assert r.status_code == 200, r.get_json()
+        body = r.get_json()
+        seen += [t["id"] for t in body["items"]]
+        cursor = body["next_cursor"]
+        pages += 1
+        if between_pages:
+            between_pages(pages)
+        if not cursor:
+            return seen
+
+
+def bulk(db, admin, n, **fields):
+    with db.transaction() as s:
+        principal = Principal.of(find_user_by_email(s, admin.email))
+        made = [
+            create_ticket(s, principal, TicketCreate(title=f"bulk {i}", **fields)) for i in range(n)
+        ]
+        return [str(t.id) for t in made]
+
+
+def test_pagination_returns_each_ticket_once_under_concurrent_inserts(admin, db):
+    original = set(bulk(db, admin, 1000))
+    inserted = []
+
+    def insert(page):
+        inserted.extend(bulk(db, admin, 3))
+
+    for sort in ("-updated_at", "created_at", "-number", "priority", "-status"):
+        seen = walk(admin, f"sort={sort}", 37, insert)
+        assert len(seen) == len(set(seen)), f"duplicates with sort={sort}"
+        assert original <= set(seen), f"missing tickets with sort={sort}"
+
+
+def test_filters(admin, agent, customer_a, make_ticket):
+    a = make_ticket(
+        priority="high",
+        tags=["x", "y"],
+        metadata={"plan": "gold"},
+        customer_email=customer_a.email,
+        assignee_id=agent.id,
+    )
+    b = make_ticket(priority="low", tags=["x"], metadata={"plan": "free"})
+    c = make_ticket(title="Router reboots", description="weird lights")
+    admin.patch(f"/api/v1/tickets/{a['id']}", json={"status": "open"})
+    admin.patch(f"/api/v1/tickets/{b['id']}", json={"status": "pending"})
+    assert set(ids(admin, "status=open,pending")) == {a["id"], b["id"]}
+    assert ids(admin, "status=open&priority=high") == [a["id"]]
+    assert set(ids(admin, "priority=high,low")) == {a["id"], b["id"]}
+    assert ids(admin, f"assignee={agent.id}") == [a["id"]]
+    assert ids(agent, "assignee=me") == [a["id"]]
+    assert set(ids(admin, "assignee=none")) == {b["id"], c["id"]}
+    assert ids(admin, f"customer={customer_a.email.upper()}") == [a["id"]]
+    assert set(ids(admin, "tag=x")) == {a["id"], b["id"]}
+    assert ids(admin, "tag=x&tag=Y") == [a["id"]]
+    assert ids(admin, "metadata.plan=gold") == [a["id"]]
+    assert ids(admin, "metadata.plan=gold&tag=x&status=open") == [a["id"]]
+    assert ids(admin, "metadata.plan=none") == []
+    assert ids(admin, "q=router") == [c["id"]]
+    assert ids(admin, "q=LIGHTS") == [c["id"]]
+    assert ids(admin, "q=100%25") == []
+    admin.post(f"/api/v1/tickets/{b['id']}/messages", json={"body": "found the flux capacitor"})
+    admin.post(
+        f"/api/v1/tickets/{a['id']}/messages", json={"body": "secret capacitor", "internal": True}
+    )
+    assert set(ids(admin, "q=capacitor")) == {a["id"], b["id"]}
+    # A customer's search never matches words of internal notes.
+    assert ids(customer_a, "q=capacitor") == []
+
+
+def test_date_filters(admin, make_ticket):
+    t = make_ticket()
+    created = datetime.fromisoformat(t["created_at"])
+    before = (created - timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    after = (created + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    assert ids(admin, f"created_after={before}") == [t["id"]]
+    assert ids(admin, f"created_after={after}") == []
+    assert ids(admin, f"created_before={after}") == [t["id"]]
+    assert ids(admin, f"updated_after={before}") == [t["id"]]
+    assert admin.get("/api/v1/tickets?created_after=yesterday").status_code == 422
+
+
+def test_custom_field_filter(admin, db, make_ticket):
+    with db.transaction() as s:
+        s.add(
+            CustomFieldDefinition(
+                key="plan", label="Plan", type="enum", options=["gold", "free"], required=False
+            )
+        )
+        s.add(CustomFieldDefinition(key="seats", label="Seats", type="number", required=False))
+    gold = make_ticket(custom_fields={"plan": "gold", "seats": 5})
+    make_ticket(custom_fields={"plan": "free"})
+    assert ids(admin, "cf.plan=gold") == [gold["id"]]
+    r = admin.post("/api/v1/tickets", json={"title": "x", "custom_fields": {"plan": "silver"}})
+    assert r.status_code == 422
+    assert r.get_json()["errors"][0]["field"] == "custom_fields.plan"
+    r = admin.patch(f"/api/v1/tickets/{gold['id']}", json={"custom_fields": {"seats": "many"}})
+    assert r.status_code == 422
+    r = admin.patch(f"/api/v1/tickets/{gold['id']}", json={"custom_fields": {"seats": None}})
+    assert r.get_json()["custom_fields"] == {"plan": "gold"}
+
+
+def test_sort_by_priority_is_by_severity(admin, make_ticket):
+    made = {p: make_ticket(priority=p)["id"] for p in ("urgent", "low", "high", "normal")}
+    assert ids(admin, "sort=priority") == [made[p] for p in ("low", "normal", "high", "urgent")]
+    assert ids(admin, "sort=-priority") == [made[p] for p in ("urgent", "high", "normal", "low")]
+
+
+def test_sort_by_status_follows_the_workflow(admin, make_ticket):
+    made = {}
+    for status in ("closed", "new", "solved", "open"):
+        t = make_ticket()
+        if status != "new":
+            admin.patch(f"/api/v1/tickets/{t['id']}", json={"status": status})
+        made[status] = t["id"]
+    assert ids(admin, "sort=status") == [made[s] for s in ("new", "open", "solved", "closed")]
+
+
+def test_default_sort_is_most_recently_updated_first(admin, make_ticket):
+    first, second = make_ticket(), make_ticket()
+    assert ids(admin) == [second["id"], first["id"]]
+    admin.patch(f"/api/v1/tickets/{first['id']}", json={"priority": "high"})
+    assert ids(admin) == [first["id"], second["id"]]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=abc", "limit"),
+        ("status=open,done", "status"),
+        ("priority=meh", "priority"),
+        ("sort=title", "sort"),
+        ("assignee=someone", "assignee"),
+        ("cursor=bm9wZQ", "cursor"),
+        ("metadata.BAD=1", "metadata.BAD"),
+        ("colour=red", "colour"),
+    ],
+)
+def test_list_validation(admin, query, field):
+    r = admin.get(f"/api/v1/tickets?{query}")
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"][0]["field"] == field
+
+
+def test_limit_at_bounds(admin, make_ticket):
+    for _ in range(3):
+        make_ticket()
+    assert len(ids(admin, "limit=1")) == 1
+    assert len(ids(admin, "limit=100")) == 3
+
+
+def test_cursor_of_another_sort_is_refused(admin, db):
+    bulk(db, admin, 3)
+    cursor = admin.get("/api/v1/tickets?limit=1").get_json()["next_cursor"]
+    assert cursor
+    assert admin.get(f"/api/v1/tickets?limit=1&sort=number&cursor={cursor}").status_code == 422
+
+
+def test_random_filter_combinations_agree_with_python(admin, agent, make_ticket):
+    rng = random.Random(7)
+    statuses = ["open", "pending", "solved"]
+    made = []
+    for i in range(30):
+        t = make_ticket(
+            priority=rng.choice(["low", "normal", "high", "urgent"]),
+            tags=rng.sample(["a", "b", "c"], rng.randint(0, 2)),
+            assignee_id=agent.id if i % 3 == 0 else None,
+        )
+        status = rng.choice(statuses)
+        t = admin.patch(f"/api/v1/tickets/{t['id']}", json={"status": status}).get_json()
+        made.append(t)
+    for _ in range(15):
+        status = rng.sample(statuses, rng.randint(1, 2))
+        tag = rng.choice(["a", "b", "c"])
+        expected = {t["id"] for t in made if t["status"] in status and tag in t["tags"]}
+        got = walk(admin, f"status={','.join(status)}&tag={tag}&sort=priority", 4)
+        assert set(got) == expected
+        assert len(got) == len(expected)
+    assert datetime.now(UTC)
