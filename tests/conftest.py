@@ -1,6 +1,6 @@
 """Shared fixtures: a real PostgreSQL database per test worker, built by Alembic.
 
-Each xdist worker gets its own database (``sg_test_<worker>``), migrated once;
+Each xdist worker gets its own database (``sg_test_<worker>_<pid>``), migrated once;
 every test starts from empty tables (TRUNCATE, fast on PostgreSQL). The
 server is ``SUPPORTGATE_TEST_PG`` (default ``postgresql+psycopg://postgres@127.0.0.1:5432``).
 With ``CI=true`` an unreachable PostgreSQL fails the run instead of skipping.
@@ -44,7 +44,8 @@ def _admin_dsn() -> str:
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    name = f"sg_test_{_worker()}"
+    # The pid keeps concurrent runs on one server (two checkouts, two developers) apart.
+    name = f"sg_test_{_worker()}_{os.getpid()}"
     try:
         with psycopg.connect(_admin_dsn(), autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

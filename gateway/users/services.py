@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -23,6 +24,7 @@ from gateway.permissions import Principal, require_admin
 from gateway.users.models import ROLES, ApiToken, User
 from gateway.users.schemas import UserCreate, UserListQuery, UserUpdate
 
+LAST_USED_RESOLUTION = timedelta(minutes=10)
 TOKEN_PREFIX = "sg_"  # noqa: S105 -- a public prefix, not a secret
 
 
@@ -175,6 +177,10 @@ def authenticate(session: Session, secret: str) -> User:
         raise Unauthorized("invalid token")
     if token.revoked_at is not None or not user.active:
         raise Unauthorized("token revoked or user inactive")
+    now = utcnow()
+    # Coarse on purpose: a write per request would cost every read its speed.
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        token.last_used_at = now
     return user
 
 

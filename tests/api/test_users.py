@@ -80,6 +80,7 @@ def test_tokens_issue_list_revoke(admin, agent, client, db):
     assert client.get("/api/v1/me", headers=headers).status_code == 200
     listed = admin.get(f"/api/v1/users/{agent.id}/tokens").get_json()["items"]
     assert len(listed) == 2
+    assert [t["last_used_at"] is not None for t in listed] == [False, True]
     assert all("token" not in t for t in listed)
     with db.transaction() as s:
         stored = s.scalars(select(ApiToken.token_hash)).all()
