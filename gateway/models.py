@@ -1,6 +1,7 @@
 """Import every model so that ``Base.metadata`` is complete (Alembic, tests)."""
 
 from gateway.attachments.models import Attachment
+from gateway.audit import AuditEntry
 from gateway.conversations.models import Message
 from gateway.db import Base
 from gateway.events import Event, OutboxTask
@@ -12,6 +13,7 @@ from gateway.users.models import ApiToken, User
 __all__ = [
     "ApiToken",
     "Attachment",
+    "AuditEntry",
     "Base",
     "CustomFieldDefinition",
     "DeletionPolicy",

@@ -80,12 +80,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     from web.api.messages import bp as messages_bp
     from web.api.meta import bp as meta_bp
+    from web.api.metadata import bp as metadata_bp
     from web.api.ops import bp as ops_bp
     from web.api.policies import bp as policies_bp
     from web.api.tickets import bp as tickets_bp
     from web.api.users import bp as users_bp
 
     app.register_blueprint(ops_bp)
-    for bp in (tickets_bp, messages_bp, users_bp, policies_bp, meta_bp):
+    for bp in (tickets_bp, messages_bp, metadata_bp, users_bp, policies_bp, meta_bp):
         app.register_blueprint(bp, url_prefix="/api/v1")
     return app

@@ -11,7 +11,12 @@ from gateway.db import Base, UTCDateTime, new_id, utcnow
 
 
 class TicketMetadata(Base):
-    """Free key/value pairs on a ticket (``metadata`` in the API)."""
+    """Free key/value pairs on a ticket (``metadata`` in the API).
+
+    Lookups by key and value use an index the migration creates by backend:
+    ``(key, md5(value))`` on PostgreSQL (values reach 4 KiB, past a btree
+    entry's limit), ``(key, value)`` on SQLite.
+    """
 
     __tablename__ = "ticket_metadata"
     __table_args__ = (
@@ -24,9 +29,12 @@ class TicketMetadata(Base):
     key: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class CustomFieldDefinition(Base):
+    """An admin-defined field; removal is soft so that history stays readable."""
+
     __tablename__ = "custom_field_definitions"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -35,3 +43,5 @@ class CustomFieldDefinition(Base):
     options: Mapped[list[Any] | None] = mapped_column(JSON)
     required: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

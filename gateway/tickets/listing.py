@@ -12,12 +12,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from gateway.conversations.models import Message
 from gateway.errors import Forbidden, ValidationFailed
 from gateway.metadata.models import TicketMetadata
+from gateway.metadata.services import live_definitions, parse_filter_value
 from gateway.pagination import decode_cursor, encode_cursor
 from gateway.permissions import Principal, scope_tickets
 from gateway.schemas import METADATA_KEY_RE
@@ -71,7 +84,10 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _filters(principal: Principal, q: TicketListQuery, extra: ExtraFilters) -> list[Any]:
+def _filters(
+    session: Session, principal: Principal, q: TicketListQuery, extra: ExtraFilters
+) -> list[Any]:
+    dialect = session.get_bind().dialect.name
     conds: list[ColumnElement[bool]] = []
     if q.status:
         conds.append(Ticket.status.in_(_comma_list("status", q.status, STATUSES)))
@@ -96,15 +112,20 @@ def _filters(principal: Principal, q: TicketListQuery, extra: ExtraFilters) -> l
     for tag in dict.fromkeys(q.tag):
         conds.append(exists().where(TicketTag.ticket_id == Ticket.id, TicketTag.tag == tag))
     for key, value in extra.metadata.items():
-        conds.append(
-            exists().where(
-                TicketMetadata.ticket_id == Ticket.id,
-                TicketMetadata.key == key,
-                TicketMetadata.value == value,
-            )
-        )
-    for key, value in extra.custom_fields.items():
-        conds.append(Ticket.custom_fields[key].as_string() == value)
+        match = [TicketMetadata.key == key, TicketMetadata.value == value]
+        if dialect == "postgresql":
+            # Lets PostgreSQL use the (key, md5(value)) index of the migration.
+            match.append(func.md5(TicketMetadata.value) == func.md5(literal(value)))
+        conds.append(exists().where(TicketMetadata.ticket_id == Ticket.id, *match))
+    if extra.custom_fields:
+        definitions = live_definitions(session)
+        for key, raw in extra.custom_fields.items():
+            value = parse_filter_value(definitions.get(key), raw)
+            if dialect == "postgresql":
+                # jsonb @> uses the GIN (jsonb_path_ops) index of the migration.
+                conds.append(type_coerce(Ticket.custom_fields, JSONB).contains({key: value}))
+            else:
+                conds.append(func.json_extract(Ticket.custom_fields, f'$."{key}"') == value)
     if q.q:
         like = _like(q.q.lower())
         message_match = exists().where(
@@ -164,7 +185,7 @@ def list_tickets(
     cursor_kind = f"tickets:{q.sort}"
 
     stmt = scope_tickets(select(Ticket), principal)
-    conds = _filters(principal, q, extra)
+    conds = _filters(session, principal, q, extra)
     if q.cursor:
         values = decode_cursor(q.cursor, kinds=(cursor_kind,))
         if sort_name == "number":

@@ -26,6 +26,9 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Ticket(Base):
+    """A ticket. On PostgreSQL the migration also adds a GIN index
+    (``jsonb_path_ops``) on ``custom_fields`` for ``cf.<key>`` lookups."""
+
     __tablename__ = "tickets"
     __table_args__ = (
         Index("ix_tickets_updated", "updated_at", "id"),

@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from gateway.events import Event
+
+
+def test_metadata_put_get_delete_with_history_and_events(admin, make_ticket, db):
+    t = make_ticket()
+    base = f"/api/v1/tickets/{t['id']}/metadata"
+    r = admin.put(f"{base}/crm.id", json={"value": "A-17"})
+    assert r.status_code == 200
+    assert r.get_json() == {"crm.id": "A-17"}
+    admin.put(f"{base}/crm.id", json={"value": "A-18"})
+    admin.put(f"{base}/plan", json={"value": "gold"})
+    assert admin.get(base).get_json() == {"crm.id": "A-18", "plan": "gold"}
+    assert admin.get(f"/api/v1/tickets/{t['id']}").get_json()["metadata"]["plan"] == "gold"
+    assert admin.delete(f"{base}/plan").status_code == 204
+    assert admin.delete(f"{base}/plan").status_code == 404
+    assert admin.get(base).get_json() == {"crm.id": "A-18"}
+    history = admin.get(f"/api/v1/tickets/{t['id']}/history").get_json()["items"]
+    trail = [(h["field"], h["old_value"], h["new_value"]) for h in history if h["field"]]
+    assert trail == [
+        ("metadata.crm.id", None, "A-17"),
+        ("metadata.crm.id", "A-17", "A-18"),
+        ("metadata.plan", None, "gold"),
+        ("metadata.plan", "gold", None),
+    ]
+    with db.transaction() as s:
+        changes = [
+            e.data["changes"]
+            for e in s.scalars(
+                select(Event).where(Event.type == "ticket.updated").order_by(Event.seq)
+            )
+        ]
+    assert changes[-1] == {"metadata.plan": ["gold", None]}
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "status"),
+    [
+        ("Upper", {"value": "x"}, 422),
+        ("k" * 65, {"value": "x"}, 422),
+        ("sp%20ace", {"value": "x"}, 422),
+        ("ok", {"value": "x" * 4097}, 422),
+        ("ok", {"value": 5}, 422),
+        ("ok", {}, 422),
+        ("ok", {"value": "x" * 4096}, 200),
+        ("k" * 64, {"value": ""}, 200),
+    ],
+)
+def test_metadata_validation(admin, make_ticket, key, body, status):
+    t = make_ticket()
+    r = admin.put(f"/api/v1/tickets/{t['id']}/metadata/{key}", json=body)
+    assert r.status_code == status, r.get_json()
+
+
+def test_metadata_is_staff_only_to_write(customer_a, admin):
+    t = customer_a.post("/api/v1/tickets", json={"title": "mine"}).get_json()
+    base = f"/api/v1/tickets/{t['id']}/metadata"
+    assert customer_a.put(f"{base}/k", json={"value": "v"}).status_code == 403
+    admin.put(f"{base}/k", json={"value": "v"})
+    assert customer_a.get(base).get_json() == {"k": "v"}
+
+
+def test_tags_add_remove_normalise_and_count(admin, agent, make_ticket):
+    a, b = make_ticket(), make_ticket()
+    r = agent.put(f"/api/v1/tickets/{a['id']}/tags/Needs%20Review")
+    assert r.status_code == 200
+    assert r.get_json()["tags"] == ["needs-review"]
+    assert r.headers["ETag"] == f'"{r.get_json()["version"]}"'
+    agent.put(f"/api/v1/tickets/{a['id']}/tags/vip")
+    agent.put(f"/api/v1/tickets/{b['id']}/tags/VIP")
+    again = agent.put(f"/api/v1/tickets/{b['id']}/tags/vip").get_json()
+    assert again["tags"] == ["vip"]
+    assert agent.get("/api/v1/tags").get_json()["items"] == [
+        {"tag": "vip", "count": 2},
+        {"tag": "needs-review", "count": 1},
+    ]
+    assert [
+        t["id"] for t in agent.get("/api/v1/tickets?tag=vip&tag=needs-review").get_json()["items"]
+    ] == [a["id"]]
+    assert agent.delete(f"/api/v1/tickets/{a['id']}/tags/vip").get_json()["tags"] == [
+        "needs-review"
+    ]
+    assert agent.delete(f"/api/v1/tickets/{a['id']}/tags/vip").status_code == 404
+    assert agent.put(f"/api/v1/tickets/{a['id']}/tags/a%2Cb").status_code == 422
+    history = admin.get(f"/api/v1/tickets/{a['id']}/history").get_json()["items"]
+    assert [h["new_value"] for h in history if h["field"] == "tags"] == [
+        ["needs-review"],
+        ["needs-review", "vip"],
+        ["needs-review"],
+    ]
+
+
+def test_tags_of_deleted_tickets_are_not_counted(admin, make_ticket):
+    t = make_ticket(tags=["gone"])
+    admin.delete(f"/api/v1/tickets/{t['id']}")
+    assert admin.get("/api/v1/tags").get_json()["items"] == []
+
+
+def test_custom_field_definitions_crud_and_validation(admin, agent, make_ticket):
+    r = admin.post(
+        "/api/v1/custom-fields",
+        json={"key": "plan", "label": "Plan", "type": "enum", "options": ["free", "gold"]},
+    )
+    assert r.status_code == 201
+    assert r.get_json()["options"] == ["free", "gold"]
+    for body in ({"key": "plan", "label": "Again", "type": "text"},):
+        assert admin.post("/api/v1/custom-fields", json=body).status_code == 409
+    for body in (
+        {"key": "x", "label": "X", "type": "enum"},
+        {"key": "x", "label": "X", "type": "enum", "options": ["a", "a"]},
+        {"key": "x", "label": "X", "type": "text", "options": ["a"]},
+        {"key": "x", "label": "X", "type": "colour"},
+        {"key": "X!", "label": "X", "type": "text"},
+        {"key": "x", "label": "", "type": "text"},
+    ):
+        assert admin.post("/api/v1/custom-fields", json=body).status_code == 422, body
+    assert (
+        agent.post(
+            "/api/v1/custom-fields", json={"key": "y", "label": "Y", "type": "text"}
+        ).status_code
+        == 403
+    )
+    for key, kind in (
+        ("seats", "number"),
+        ("beta", "boolean"),
+        ("renewal", "date"),
+        ("note", "text"),
+    ):
+        assert (
+            admin.post(
+                "/api/v1/custom-fields", json={"key": key, "label": key.title(), "type": kind}
+            ).status_code
+            == 201
+        )
+    assert [f["key"] for f in agent.get("/api/v1/custom-fields").get_json()["items"]] == [
+        "beta",
+        "note",
+        "plan",
+        "renewal",
+        "seats",
+    ]
+
+    t = make_ticket(
+        custom_fields={
+            "plan": "gold",
+            "seats": 3,
+            "beta": True,
+            "renewal": "2027-01-31",
+            "note": "hi",
+        }
+    )
+    assert t["custom_fields"]["renewal"] == "2027-01-31"
+    url = f"/api/v1/tickets/{t['id']}"
+    for bad, field in (
+        ({"seats": "3"}, "seats"),
+        ({"beta": "yes"}, "beta"),
+        ({"renewal": "31/01/2027"}, "renewal"),
+        ({"plan": "silver"}, "plan"),
+        ({"nope": 1}, "nope"),
+        ({"note": 5}, "note"),
+        ({"seats": True}, "seats"),
+    ):
+        r = admin.patch(url, json={"custom_fields": bad})
+        assert r.status_code == 422, bad
+        assert r.get_json()["errors"][0]["field"] == f"custom_fields.{field}"
+
+    for query in (
+        "cf.plan=gold",
+        "cf.seats=3",
+        "cf.beta=true",
+        "cf.renewal=2027-01-31",
+        "cf.note=hi",
+        "cf.plan=gold&cf.seats=3&status=new",
+    ):
+        items = admin.get(f"/api/v1/tickets?{query}").get_json()["items"]
+        assert [i["id"] for i in items] == [t["id"]], query
+    assert admin.get("/api/v1/tickets?cf.beta=false").get_json()["items"] == []
+    assert admin.get("/api/v1/tickets?cf.seats=lots").status_code == 422
+
+    # Required fields are enforced on staff writes.
+    assert admin.patch("/api/v1/custom-fields/note", json={"required": True}).status_code == 200
+    r = admin.post("/api/v1/tickets", json={"title": "no note"})
+    assert r.status_code == 422
+    assert r.get_json()["errors"][0]["field"] == "custom_fields.note"
+
+    # Options of an enum can change; type is fixed.
+    assert (
+        admin.patch(
+            "/api/v1/custom-fields/plan", json={"options": ["free", "gold", "team"]}
+        ).status_code
+        == 200
+    )
+    assert admin.patch("/api/v1/custom-fields/plan", json={"type": "text"}).status_code == 422
+    assert admin.patch("/api/v1/custom-fields/seats", json={"options": ["a"]}).status_code == 422
+
+    # Removing a definition keeps values and history readable, refuses new values.
+    assert admin.delete("/api/v1/custom-fields/seats").status_code == 204
+    assert admin.delete("/api/v1/custom-fields/seats").status_code == 404
+    assert admin.get(url).get_json()["custom_fields"]["seats"] == 3
+    r = admin.patch(url, json={"custom_fields": {"seats": 4}})
+    assert r.status_code == 422
+    r = admin.patch(url, json={"custom_fields": {"seats": None}})
+    assert r.status_code == 200
+    assert "seats" not in r.get_json()["custom_fields"]
+    history = admin.get(f"{url}/history").get_json()["items"]
+    assert history[-1]["old_value"]["seats"] == 3
+
+
+def test_meta_statuses_and_priorities(agent):
+    statuses = agent.get("/api/v1/meta/statuses").get_json()["items"]
+    assert [s["name"] for s in statuses] == [
+        "new",
+        "open",
+        "pending",
+        "on_hold",
+        "solved",
+        "closed",
+    ]
+    assert {s["name"]: s["transitions"] for s in statuses}["solved"] == ["closed", "open"]
+    priorities = agent.get("/api/v1/meta/priorities").get_json()["items"]
+    assert [p["name"] for p in priorities] == ["low", "normal", "high", "urgent"]
+    assert [p["name"] for p in priorities if p["default"]] == ["normal"]
