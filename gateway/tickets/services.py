@@ -303,15 +303,18 @@ def unarchive(session: Session, principal: Principal, ticket: Ticket) -> None:
     record_change(session, principal, ticket, {"archived_at": [old, None]})
 
 
-def purge(session: Session, principal: Principal, ticket: Ticket) -> list[str]:
+def purge(
+    session: Session, principal: Principal, ticket: Ticket, *, force: bool = False
+) -> list[str]:
     """Remove the ticket and everything of it for good, where the policy allows.
 
+    ``force`` skips the soft-delete requirement (erasure of a customer).
     Returns the sha256 of attachment files that may now be unreferenced; a
     storage clean-up task is queued for them in the same transaction.
     """
     require_admin(principal)
     policy = get_deletion_policy(session)
-    if policy.require_soft_delete_before_purge and ticket.deleted_at is None:
+    if not force and policy.require_soft_delete_before_purge and ticket.deleted_at is None:
         raise Conflict(
             "the deletion policy requires a soft delete before a purge: DELETE the ticket first"
         )

@@ -62,3 +62,10 @@ class NewToken(TokenOut):
 
 class TokenList(BaseModel):
     items: list[TokenOut]
+
+
+class ErasureOut(BaseModel):
+    user_id: str
+    tickets_purged: int
+    messages_redacted: int
+    files_queued: int

@@ -8,8 +8,10 @@ from sqlalchemy.orm import Session
 
 from gateway.permissions import Principal, require_admin
 from gateway.users import services
+from gateway.users.erasure import erase_customer
 from gateway.users.models import ApiToken
 from gateway.users.schemas import (
+    ErasureOut,
     NewToken,
     TokenList,
     UserCreate,
@@ -70,6 +72,18 @@ def update(session: Session, principal: Principal, user_id: str, body: UserUpdat
     require_admin(principal)
     user = services.get_user(session, user_id)
     return services.user_out(services.update_user(session, principal, user, body))
+
+
+@bp.post("/users/<user_id>/erase")
+@endpoint(
+    summary="Erase a customer's personal data and tickets (admin, audited)",
+    tag="users",
+    response=ErasureOut,
+    errors=(409,),
+)
+def erase(session: Session, principal: Principal, user_id: str):
+    require_admin(principal)
+    return erase_customer(session, principal, services.get_user(session, user_id))
 
 
 @bp.get("/users/<user_id>/tokens")
