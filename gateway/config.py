@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # per client address; 0 turns a limit off.
     rate_limit_per_minute: Annotated[int, Field(ge=0)] = 1200
     auth_failures_per_minute: Annotated[int, Field(ge=0)] = 30
+    # Seconds between runs of the deletion policy job in ``serve``; 0 = never.
+    maintenance_interval: Annotated[int, Field(ge=0)] = 3600
     log_level: str = "INFO"
     secret_key: str | None = None
 

@@ -29,7 +29,7 @@ from web.app import create_app
 PG_SERVER = os.environ.get("SUPPORTGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = (
-    "events, outbox_tasks, ticket_history, attachments, messages, ticket_metadata, "
+    "audit_log, events, outbox_tasks, ticket_history, attachments, messages, ticket_metadata, "
     "ticket_tags, tickets, api_tokens, users, custom_field_definitions, deletion_policy"
 )
 

@@ -17,10 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.audit import log_action
 from gateway.db import utcnow
 from gateway.errors import Conflict, FieldError, NotFound, ValidationFailed
 from gateway.metadata.models import CustomFieldDefinition, TicketMetadata
-from gateway.metadata.schemas import CustomFieldCreate, CustomFieldUpdate
+from gateway.metadata.schemas import CustomFieldCreate, CustomFieldUpdate, definition_out
 from gateway.permissions import Principal, require_admin, require_staff
 from gateway.schemas import METADATA_KEY_RE
 
@@ -194,6 +195,9 @@ def create_definition(
         session.flush()
     except IntegrityError:
         raise Conflict(f"a custom field {data.key} exists already") from None
+    log_action(
+        session, principal, "custom_field.created", "custom_field", defn.key, **definition_out(defn)
+    )
     return defn
 
 
@@ -214,6 +218,7 @@ def update_definition(
     if fields.get("required") is not None:
         defn.required = fields["required"]
     defn.updated_at = utcnow()
+    log_action(session, principal, "custom_field.updated", "custom_field", key, **fields)
     session.flush()
     return defn
 
@@ -223,6 +228,7 @@ def delete_definition(session: Session, principal: Principal, key: str) -> None:
     require_admin(principal)
     defn = get_definition(session, key)
     defn.deleted_at = utcnow()
+    log_action(session, principal, "custom_field.removed", "custom_field", key)
 
 
 def _coerce(defn: CustomFieldDefinition, value: Any) -> Any:

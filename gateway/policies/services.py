@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from gateway.audit import log_action
 from gateway.db import utcnow
 from gateway.permissions import Principal, require_admin
 from gateway.policies.models import DeletionPolicy
@@ -29,6 +30,15 @@ def update_deletion_policy(
 ) -> DeletionPolicy:
     require_admin(principal)
     policy = get_deletion_policy(session)
+    log_action(
+        session,
+        principal,
+        "policy.deletion.updated",
+        "policy",
+        "deletion",
+        old=deletion_policy_out(policy),
+        new=data.model_dump(),
+    )
     policy.purge_deleted_after_days = data.purge_deleted_after_days
     policy.archive_closed_after_days = data.archive_closed_after_days
     policy.require_soft_delete_before_purge = data.require_soft_delete_before_purge

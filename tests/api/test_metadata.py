@@ -224,3 +224,25 @@ def test_meta_statuses_and_priorities(agent):
     priorities = agent.get("/api/v1/meta/priorities").get_json()["items"]
     assert [p["name"] for p in priorities] == ["low", "normal", "high", "urgent"]
     assert [p["name"] for p in priorities if p["default"]] == ["normal"]
+
+
+def test_definition_and_policy_changes_are_audited(admin, db):
+    from sqlalchemy import select
+
+    from gateway.audit import AuditEntry
+
+    admin.post("/api/v1/custom-fields", json={"key": "tier", "label": "Tier", "type": "text"})
+    admin.patch("/api/v1/custom-fields/tier", json={"label": "Support tier"})
+    admin.delete("/api/v1/custom-fields/tier")
+    admin.put("/api/v1/policies/deletion", json={"purge_deleted_after_days": 9})
+    with db.transaction() as s:
+        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+        assert [(e.action, e.target_id) for e in entries] == [
+            ("custom_field.created", "tier"),
+            ("custom_field.updated", "tier"),
+            ("custom_field.removed", "tier"),
+            ("policy.deletion.updated", "deletion"),
+        ]
+        assert entries[1].details == {"label": "Support tier"}
+        assert entries[3].details["new"]["purge_deleted_after_days"] == 9
+        assert all(str(e.actor_id) == admin.id for e in entries)
