@@ -5,6 +5,7 @@ from gateway.audit import AuditEntry
 from gateway.conversations.models import Message
 from gateway.db import Base
 from gateway.events import Event, OutboxTask
+from gateway.inbound.models import ImapCheckpoint, InboundMail, TicketParticipant
 from gateway.metadata.models import CustomFieldDefinition, TicketMetadata
 from gateway.policies.models import DeletionPolicy
 from gateway.tickets.models import Ticket, TicketHistory, TicketTag
@@ -18,11 +19,14 @@ __all__ = [
     "CustomFieldDefinition",
     "DeletionPolicy",
     "Event",
+    "ImapCheckpoint",
+    "InboundMail",
     "Message",
     "OutboxTask",
     "Ticket",
     "TicketHistory",
     "TicketMetadata",
+    "TicketParticipant",
     "TicketTag",
     "User",
 ]

@@ -9,6 +9,22 @@ from alembic.config import Config
 
 HERE = Path(__file__).parent
 
+# Indexes created by migrations only (expression or backend-specific), which
+# autogenerate must neither drop nor compare.
+MIGRATION_ONLY_INDEXES = frozenset(
+    {
+        "ix_ticket_metadata_key_value_md5",
+        "ix_ticket_metadata_key_value",
+        "ix_tickets_custom_fields",
+    }
+)
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    return not (type_ == "index" and name in MIGRATION_ONLY_INDEXES)
+
 
 def alembic_config(url: str) -> Config:
     cfg = Config()

@@ -4,6 +4,7 @@ from alembic import context
 from sqlalchemy import pool
 
 from gateway.db import make_engine
+from gateway.migrations import include_object
 from gateway.models import Base
 
 config = context.config
@@ -32,6 +33,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            include_object=include_object,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -137,7 +137,7 @@ def create_ticket(
         customer_id=customer.id,
         assignee_id=assignee.id if assignee else None,
         custom_fields=custom,
-        reply_token=secrets.token_hex(12),
+        reply_token=secrets.token_hex(16),  # 128 bits; see gateway/inbound/addresses.py
         created_at=now,
         updated_at=now,
         message_count=0,

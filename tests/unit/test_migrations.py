@@ -9,18 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from gateway.migrations import alembic_config, upgrade
+from gateway.migrations import alembic_config, include_object, upgrade
 from gateway.models import Base
-
-MIGRATION_ONLY = {
-    "ix_ticket_metadata_key_value_md5",
-    "ix_ticket_metadata_key_value",
-    "ix_tickets_custom_fields",
-}
-
-
-def _include(obj, name, type_, reflected, compare_to):
-    return not (type_ == "index" and name in MIGRATION_ONLY)
 
 
 def _diff(url: str) -> list:
@@ -28,7 +18,7 @@ def _diff(url: str) -> list:
     try:
         with engine.connect() as conn, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # alembic notes that it skips expression indexes
-            ctx = MigrationContext.configure(conn, opts={"include_object": _include})
+            ctx = MigrationContext.configure(conn, opts={"include_object": include_object})
             return compare_metadata(ctx, Base.metadata)
     finally:
         engine.dispose()
