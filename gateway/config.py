@@ -58,6 +58,10 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
+        if value.startswith("sqlite") and value.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://"):
+            raise ValueError("an in-memory SQLite database keeps nothing; name a file")
+        if ":memory:" in value:
+            raise ValueError("an in-memory SQLite database keeps nothing; name a file")
         if value.startswith("postgresql://") or value.startswith("postgres://"):
             # psycopg 3 is the driver we ship; a bare URL would pick psycopg2.
             value = "postgresql+psycopg://" + value.split("://", 1)[1]

@@ -7,9 +7,10 @@ command with one actionable line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -17,7 +18,7 @@ from gateway.config import Settings, load_settings
 from gateway.errors import ConfigurationError, GatewayError
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"supportgate: {message}", err=True)
     sys.exit(2)
 
@@ -43,15 +44,23 @@ def _check_database(settings: Settings) -> None:
 
     from gateway.db import make_engine
 
-    engine = make_engine(settings.effective_database_url, null_pool=True)
+    try:
+        engine = make_engine(settings.effective_database_url, null_pool=True)
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        # A malformed URL (bad port, unknown dialect, a driver we do not ship).
+        _fail(f"invalid configuration: SUPPORTGATE_DATABASE_URL: {_first_line(exc)}")
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
-        _fail(f"database unreachable at SUPPORTGATE_DATABASE_URL: {reason}")
+        _fail(f"database unreachable at SUPPORTGATE_DATABASE_URL: {_first_line(exc)}")
     finally:
         engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    reason = str(getattr(exc, "orig", None) or exc).strip()
+    return reason.splitlines()[0] if reason else type(exc).__name__
 
 
 def _check_redis(settings: Settings) -> None:
@@ -66,9 +75,31 @@ def _check_redis(settings: Settings) -> None:
 
 
 def _migrate(settings: Settings) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from gateway.migrations import upgrade
 
-    upgrade(settings.effective_database_url)
+    try:
+        upgrade(settings.effective_database_url)
+    except SQLAlchemyError as exc:
+        # Reachable but not migratable: missing privileges, a foreign schema.
+        _fail(f"cannot migrate the database at SUPPORTGATE_DATABASE_URL: {_first_line(exc)}")
+
+
+def _check_listen_address(settings: Settings) -> None:
+    """Fail fast when the API address cannot be bound (gunicorn would retry, then log a trace)."""
+    where = f"{settings.api_host}:{settings.api_port}"
+    try:
+        infos = socket.getaddrinfo(settings.api_host, settings.api_port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        _fail(
+            f"cannot listen on {where} (SUPPORTGATE_API_HOST/SUPPORTGATE_API_PORT): "
+            f"{exc.strerror or exc}"
+        )
 
 
 def _run_gunicorn(
@@ -108,6 +139,7 @@ def serve() -> None:
     _prepare_storage(settings)
     _check_database(settings)
     _check_redis(settings)
+    _check_listen_address(settings)
     _migrate(settings)
     click.echo(
         f"supportgate: API on http://{settings.api_host}:{settings.api_port} "
@@ -124,6 +156,7 @@ def api() -> None:
     _prepare_storage(settings)
     _check_database(settings)
     _check_redis(settings)
+    _check_listen_address(settings)
     _run_gunicorn(settings)
 
 

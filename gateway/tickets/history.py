@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway.errors import ValidationFailed
 from gateway.pagination import decode_cursor, encode_cursor
 from gateway.permissions import Principal
 from gateway.tickets.models import Ticket, TicketHistory
@@ -38,7 +39,12 @@ def history_page(
 ) -> tuple[list[TicketHistory], str | None]:
     stmt = select(TicketHistory).where(TicketHistory.ticket_id == ticket.id)
     if cursor:
-        stmt = stmt.where(TicketHistory.id > int(decode_cursor(cursor, kinds=("history",))[1]))
+        values = decode_cursor(cursor, kinds=("history",))
+        try:
+            after = int(values[1])
+        except (IndexError, TypeError, ValueError):
+            raise ValidationFailed.on("cursor", "not a cursor this API issued") from None
+        stmt = stmt.where(TicketHistory.id > after)
     rows = list(session.scalars(stmt.order_by(TicketHistory.id).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]

@@ -319,3 +319,11 @@ def test_request_id_header_and_no_stack_traces(client):
     assert r.status_code == 404
     assert r.mimetype == "application/problem+json"
     assert len(r.headers["X-Request-Id"]) == 32
+
+
+def test_crafted_history_cursor_is_422(admin, make_ticket):
+    from gateway.pagination import encode_cursor
+
+    t = make_ticket()
+    r = admin.get(f"/api/v1/tickets/{t['id']}/history?cursor={encode_cursor('history', 'abc')}")
+    assert r.status_code == 422

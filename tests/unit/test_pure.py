@@ -95,3 +95,9 @@ def test_dotenv_is_read(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("SUPPORTGATE_API_PORT=8111\n")
     assert load_settings().api_port == 8111
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_in_memory_sqlite_is_refused(url):
+    with pytest.raises(ConfigurationError):
+        load_settings(database_url=url, _env_file=None)
