@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     api_threads: Annotated[int, Field(ge=1, le=256)] = 8
     smtp_host: str = "127.0.0.1"
     smtp_port: Port = 2525
+    # PEM files; both set = STARTTLS offered on the inbound SMTP server.
+    smtp_tls_cert: str | None = None
+    smtp_tls_key: str | None = None
     support_address: str = "support@example.com"
     max_message_bytes: Annotated[int, Field(ge=1024)] = 26214400
     max_attachment_bytes: Annotated[int, Field(ge=1)] = 26214400

@@ -7,6 +7,7 @@ from gateway.db import Base
 from gateway.events import Event, OutboxTask
 from gateway.inbound.models import ImapCheckpoint, InboundMail, TicketParticipant
 from gateway.metadata.models import CustomFieldDefinition, TicketMetadata
+from gateway.outbound.models import OutboundMail
 from gateway.policies.models import DeletionPolicy
 from gateway.tickets.models import Ticket, TicketHistory, TicketTag
 from gateway.users.models import ApiToken, User
@@ -22,6 +23,7 @@ __all__ = [
     "ImapCheckpoint",
     "InboundMail",
     "Message",
+    "OutboundMail",
     "OutboxTask",
     "Ticket",
     "TicketHistory",

@@ -60,10 +60,38 @@ def _is_list(annotation: Any) -> bool:
     return False
 
 
+def _reject_nul(where: str, value: Any) -> None:
+    """U+0000 can be neither stored nor compared by PostgreSQL: refuse it up front."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationFailed.on(where, "must not contain the NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(f"{where}.{key}" if where else str(key), key)
+            _reject_nul(f"{where}.{key}" if where else str(key), item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_nul(f"{where}.{index}" if where else str(index), item)
+
+
+def _no_constants(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{token} is out of range")
+    return value
+
+
 def parse_query(model: type[BaseModel]) -> BaseModel:
     prefixes: tuple[str, ...] = getattr(model, "extra_prefixes", ())
     values: dict[str, Any] = {}
     unknown: list[str] = []
+    for name, value in request.args.items(multi=True):
+        _reject_nul(name, name)
+        _reject_nul(name, value)
     for name in request.args:
         info = model.model_fields.get(name)
         if info is None:
@@ -88,11 +116,13 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
     if len(raw) > limit:
         raise PayloadTooLarge(f"a JSON body is at most {limit} bytes")
     try:
-        data = json.loads(raw or b"null")
+        # Strict JSON: NaN, Infinity and numbers that overflow to infinity are refused.
+        data = json.loads(raw or b"null", parse_constant=_no_constants, parse_float=_finite_float)
     except ValueError as exc:
         raise ValidationFailed.on("body", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValidationFailed.on("body", "must be a JSON object")
+    _reject_nul("", data)
     return model.model_validate(data)
 
 
@@ -130,8 +160,10 @@ def endpoint(
     etag: bool = False,
     description: str = "",
     errors: tuple[int, ...] = (),
+    media_type: str = "application/json",
 ) -> Callable[[Callable[..., ViewResult]], Callable[..., Response]]:
     spec = Spec(
+        media_type=media_type,
         summary=summary,
         tag=tag,
         query=query,
@@ -151,6 +183,8 @@ def endpoint(
             from web.auth import authenticate_request
 
             ctx = current_app.extensions["supportgate"]
+            for name, value in path_args.items():
+                _reject_nul(name, value)
             with ctx.db.transaction() as session:
                 kwargs: dict[str, Any] = {"session": session}
                 principal: Principal | None = None
@@ -308,8 +342,11 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 "content": {"application/json": {"schema": body_schema}},
             }
         ok: dict[str, Any] = {"description": "Success"}
-        if spec.response is None and spec.media_type != "application/json":
-            ok["content"] = {spec.media_type: {"schema": {"type": "string"}}}
+        if spec.response is None and spec.status != 204:
+            json_body = spec.media_type == "application/json"
+            ok["content"] = {
+                spec.media_type: {"schema": {"type": "object" if json_body else "string"}}
+            }
         if spec.response is not None:
             ok["content"] = {spec.media_type: {"schema": ref(spec.response, "serialization")}}
         if spec.etag:

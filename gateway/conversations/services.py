@@ -137,6 +137,39 @@ def add_message(
             )
     else:
         kind = "note" if data.internal else "reply"
+    return record_message(
+        session,
+        principal,
+        ticket,
+        kind=kind,
+        channel=channel,
+        body_text=body_text,
+        body_html=body_html,
+        in_reply_to_id=parent.id if parent else None,
+        send_email=kind == "reply",
+    )
+
+
+def record_message(
+    session: Session,
+    principal: Principal,
+    ticket: Ticket,
+    *,
+    kind: str,
+    channel: str,
+    body_text: str,
+    body_html: str | None,
+    in_reply_to_id: uuid.UUID | None = None,
+    email_message_id: str | None = None,
+    send_email: bool = False,
+) -> Message:
+    """Append a message with its bookkeeping, whatever channel it came from.
+
+    Counts, ``updated_at`` and version, a customer's reopening of a solved
+    ticket (audited), the ``message.created`` event and, for ``send_email``,
+    the outbox task that emails it to the customer. The caller has checked
+    that the ticket takes messages.
+    """
     message = Message(
         ticket_id=ticket.id,
         author_id=principal.user_id,
@@ -144,7 +177,8 @@ def add_message(
         channel=channel,
         body_text=body_text,
         body_html=body_html,
-        in_reply_to_id=parent.id if parent else None,
+        in_reply_to_id=in_reply_to_id,
+        email_message_id=email_message_id,
         created_at=utcnow(),
     )
     session.add(message)
@@ -171,8 +205,8 @@ def add_message(
         internal=kind == "note",
         message_id=str(message.id),
     )
-    if kind == "reply":
-        # Emailed to the customer by the outbound mail worker.
+    if send_email:
+        # Emailed to the customer by the outbound mail task.
         enqueue(
             session,
             "email.reply",

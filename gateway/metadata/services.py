@@ -7,6 +7,7 @@ services: the version bumps, the audit trail gets a row per field, and a
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -240,6 +241,8 @@ def _coerce(defn: CustomFieldDefinition, value: Any) -> Any:
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a number")
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
         return value
     if kind == "boolean":
         if not isinstance(value, bool):
@@ -266,6 +269,8 @@ def parse_filter_value(defn: CustomFieldDefinition | None, raw: str) -> Any:
     try:
         if defn.type == "number":
             number = float(raw)
+            if not math.isfinite(number):
+                raise ValueError
             return int(number) if number.is_integer() and "." not in raw else number
         if defn.type == "boolean":
             if raw.lower() not in ("true", "false"):

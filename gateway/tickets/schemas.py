@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, EmailStr, Field, StringConstraints, field_validator
 
 from gateway.schemas import (
     Body,
@@ -121,6 +121,14 @@ class TicketListQuery(QueryModel):
     cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
     include_archived: bool = False
     include_deleted: bool = False
+
+    @field_validator("created_after", "created_before", "updated_after")
+    @classmethod
+    def _utc_when_naive(cls, value: datetime | None) -> datetime | None:
+        """A time without a zone, or a bare date, is taken as UTC."""
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class HistoryEntry(BaseModel):

@@ -152,7 +152,6 @@ def create_ticket(
         session.add(TicketMetadata(ticket_id=ticket.id, key=key, value=value))
     audit(session, ticket, principal, "created")
     record_event(session, "ticket.created", ticket=ticket, actor=principal.as_actor())
-    enqueue(session, "ticket.created", str(ticket.id), {"ticket_id": str(ticket.id)})
     session.flush()
     return ticket
 
