@@ -7,8 +7,10 @@ command with one actionable line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -16,6 +18,7 @@ import click
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigurationError, GatewayError
+from web.logging import configure_logging
 
 
 def _fail(message: str) -> NoReturn:
@@ -88,18 +91,30 @@ def _migrate(settings: Settings) -> None:
 
 def _check_listen_address(settings: Settings) -> None:
     """Fail fast when the API address cannot be bound (gunicorn would retry, then log a trace)."""
-    where = f"{settings.api_host}:{settings.api_port}"
+    _check_port(settings.api_host, settings.api_port, "SUPPORTGATE_API_HOST/SUPPORTGATE_API_PORT")
+
+
+def _check_imap(settings: Settings) -> None:
+    if not settings.imap_url:
+        return
+    from adapters.email.imap_url import parse_imap_url
+
     try:
-        infos = socket.getaddrinfo(settings.api_host, settings.api_port, type=socket.SOCK_STREAM)
+        parse_imap_url(settings.imap_url)
+    except ValueError as exc:
+        _fail(f"invalid configuration: SUPPORTGATE_IMAP_URL: {exc}")
+
+
+def _check_port(host: str, port: int, names: str) -> None:
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as exc:
-        _fail(
-            f"cannot listen on {where} (SUPPORTGATE_API_HOST/SUPPORTGATE_API_PORT): "
-            f"{exc.strerror or exc}"
-        )
+        _fail(f"cannot listen on {where} ({names}): {exc.strerror or exc}")
 
 
 def _run_gunicorn(
@@ -134,19 +149,27 @@ def main() -> None:
 
 @main.command()
 def serve() -> None:
-    """Everything in one process tree: migrations, then the API (and what is configured)."""
+    """Everything in one process tree: API, SMTP, task processing (and IMAP if configured)."""
+    from web.supervisor import supervise
+
     settings = _settings()
     _prepare_storage(settings)
     _check_database(settings)
     _check_redis(settings)
     _check_listen_address(settings)
+    _check_port(
+        settings.smtp_host, settings.smtp_port, "SUPPORTGATE_SMTP_HOST/SUPPORTGATE_SMTP_PORT"
+    )
+    _check_imap(settings)
     _migrate(settings)
+    parts = ["api", "smtp", "tasks"] + (["imap"] if settings.imap_url else [])
     click.echo(
-        f"supportgate: API on http://{settings.api_host}:{settings.api_port} "
-        f"(database {settings.effective_database_url.split('@')[-1]})",
+        f"supportgate: API on http://{settings.api_host}:{settings.api_port}, "
+        f"SMTP on {settings.smtp_host}:{settings.smtp_port} "
+        f"(database {settings.effective_database_url.split('@')[-1]}; parts: {', '.join(parts)})",
         err=True,
     )
-    _run_gunicorn(settings)
+    sys.exit(supervise(parts))
 
 
 @main.command()
@@ -158,6 +181,122 @@ def api() -> None:
     _check_redis(settings)
     _check_listen_address(settings)
     _run_gunicorn(settings)
+
+
+def _serve_until_signal(run: Callable[[threading.Event], None]) -> None:
+    """Run ``run(stop)`` until SIGTERM/SIGINT sets ``stop``."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run(stop)
+
+
+@main.command()
+def smtp() -> None:
+    """The inbound SMTP server alone."""
+    import asyncio
+
+    from adapters.email.smtp_server import serve_smtp, tls_context
+    from gateway.db import Database
+    from gateway.inbound.addresses import SupportAddress
+
+    settings = _settings()
+    _prepare_storage(settings)
+    _check_database(settings)
+    _check_port(
+        settings.smtp_host, settings.smtp_port, "SUPPORTGATE_SMTP_HOST/SUPPORTGATE_SMTP_PORT"
+    )
+    try:
+        tls = tls_context(settings.smtp_tls_cert, settings.smtp_tls_key)
+    except (OSError, ValueError) as exc:
+        _fail(f"invalid configuration: SUPPORTGATE_SMTP_TLS_CERT/_KEY: {exc}")
+    database = Database(settings.effective_database_url, pool_size=8)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_smtp(
+            database,
+            SupportAddress.parse(settings.support_address),
+            settings.smtp_host,
+            settings.smtp_port,
+            max_message_bytes=settings.max_message_bytes,
+            stop=stop,
+            tls=tls,
+        )
+
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(main_loop())
+    finally:
+        database.dispose()
+
+
+@main.command()
+def tasks() -> None:
+    """Process queued tasks in-process (the embedded default's worker) and run maintenance."""
+    from gateway.db import Database
+    from workers.handlers import TaskContext, handlers
+    from workers.inprocess import TaskRunner
+    from workers.scheduler import PeriodicRunner, run_maintenance
+
+    settings = _settings()
+    _prepare_storage(settings)
+    _check_database(settings)
+    configure_logging(settings.log_level)
+    database = Database(settings.effective_database_url, pool_size=4)
+    runner = TaskRunner(database, handlers(TaskContext.create(settings, database)))
+    maintenance = (
+        PeriodicRunner(settings.maintenance_interval, lambda: run_maintenance(settings, database))
+        if settings.maintenance_interval
+        else None
+    )
+
+    def run(stop: threading.Event) -> None:
+        if maintenance is not None:
+            maintenance.start()
+        try:
+            runner.run(stop)
+        finally:
+            if maintenance is not None:
+                maintenance.stop()
+
+    try:
+        _serve_until_signal(run)
+    finally:
+        database.dispose()
+
+
+@main.command()
+def imap() -> None:
+    """The IMAP poller alone (needs SUPPORTGATE_IMAP_URL)."""
+    from adapters.email.imap_poller import run as run_poller
+
+    settings = _settings()
+    if not settings.imap_url:
+        _fail("SUPPORTGATE_IMAP_URL is not set: imap://user:pass@host:port/MAILBOX")
+    _check_imap(settings)
+    _prepare_storage(settings)
+    _check_database(settings)
+    configure_logging(settings.log_level)
+    _serve_until_signal(lambda stop: run_poller(settings, stop))
+
+
+@main.command()
+def maintenance() -> None:
+    """Apply the deletion policy and collect unreferenced files once (cron-friendly)."""
+    import json
+
+    from workers.scheduler import run_maintenance
+
+    settings = _settings()
+    _prepare_storage(settings)
+    _check_database(settings)
+    _migrate(settings)
+    result = run_maintenance(settings)
+    click.echo(json.dumps(result.__dict__))
 
 
 @main.group()

@@ -152,8 +152,8 @@ def process_inbound(
     if verdict.bounce:
         report = parsed.report
         refs = [report.original_message_id] if report and report.original_message_id else []
-        ticket = ticket_by_message_ids(session, refs + parsed.in_reply_to + parsed.references)
-        if ticket is None:
+        bounced = ticket_by_message_ids(session, refs + parsed.in_reply_to + parsed.references)
+        if bounced is None:
             return _finish(mail, "ignored", reason="bounce for mail we do not know")
         details = "; ".join(
             part
@@ -166,9 +166,9 @@ def process_inbound(
             )
             if part
         )
-        note = _system_note(session, ticket, f"Delivery failed. {details}".strip(), parsed)
-        mail.ticket_id, mail.message_id = ticket.id, note.id
-        return _finish(mail, "processed", kind="bounce", ticket=ticket.number)
+        note = _system_note(session, bounced, f"Delivery failed. {details}".strip(), parsed)
+        mail.ticket_id, mail.message_id = bounced.id, note.id
+        return _finish(mail, "processed", kind="bounce", ticket=bounced.number)
 
     if "@" not in sender:
         return _finish(mail, "quarantined", reason="no sender address")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -45,7 +45,9 @@ def _thread_ids(session: Session, ticket: Ticket) -> list[str]:
             OutboundMail.ticket_id == ticket.id
         )
     ).all()
-    return [mid for _, mid in sorted(theirs + ours) if mid]
+    dated: list[tuple[datetime, str]] = [(row[0], row[1]) for row in theirs if row[1]]
+    dated += [(row[0], row[1]) for row in ours]
+    return [mid for _, mid in sorted(dated)]
 
 
 def _last_customer_message_id(session: Session, ticket: Ticket) -> str | None:

@@ -125,6 +125,7 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 def serving(tmp_path: Path, command: str = "serve", **settings: str) -> Iterator[Server]:
     """Start ``supportgate <command>`` on a free port and wait until /healthz answers."""
     port = free_port()
+    settings.setdefault("smtp_port", str(free_port()))
     env = clean_env(tmp_path, api_port=str(port), **settings)
     log = tmp_path / f"{command}-{port}.log"
     with log.open("wb") as sink:
@@ -384,3 +385,74 @@ def test_serve_on_postgresql(tmp_path: Path, pg_database: str) -> None:
         assert server.stop() == 0, server.output()
     again = run(tmp_path, "db", "upgrade", database_url=pg_database)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.slow
+def test_serve_turns_mail_into_tickets_and_answers_through_the_relay(tmp_path: Path) -> None:
+    """The whole product as a user runs it: SMTP in, task processing, API, mail out."""
+    import smtplib
+    from email.message import EmailMessage
+
+    from aiosmtpd.controller import Controller
+
+    received: list[bytes] = []
+
+    class Sink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            received.append(envelope.original_content)
+            return "250 OK"
+
+    relay_port, smtp_port = free_port(), free_port()
+    relay = Controller(Sink(), hostname="127.0.0.1", port=relay_port)
+    relay.start()
+    settings = {
+        "smtp_port": str(smtp_port),
+        "support_address": "help@support.example.com",
+        "outbound_smtp_url": f"smtp://127.0.0.1:{relay_port}",
+    }
+    try:
+        token = add_user(tmp_path, "admin@example.com", "admin", **settings)
+        with serving(tmp_path, **settings) as server:
+            msg = EmailMessage()
+            msg["From"] = "Carol <carol@example.org>"
+            msg["To"] = "help@support.example.com"
+            msg["Subject"] = "Cannot log in"
+            msg["Message-ID"] = "<e2e-1@example.org>"
+            msg.set_content("My password does not work.")
+            deadline = time.monotonic() + 20
+            while True:  # the SMTP part may still be starting
+                try:
+                    with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+                        client.send_message(msg)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            headers = {"Authorization": f"Bearer {token}"}
+            deadline = time.monotonic() + 20
+            items: list[dict[str, Any]] = []
+            while not items and time.monotonic() < deadline:
+                items = requests.get(
+                    f"{server.base}/api/v1/tickets", headers=headers, timeout=10
+                ).json()["items"]
+                time.sleep(0.2)
+            assert [t["title"] for t in items] == ["Cannot log in"], server.output()
+            assert items[0]["channel"] == "email"
+            assert items[0]["customer"]["email"] == "carol@example.org"
+            r = requests.post(
+                f"{server.base}/api/v1/tickets/{items[0]['id']}/messages",
+                headers=headers,
+                json={"body": "Reset it here."},
+                timeout=10,
+            )
+            assert r.status_code == 201
+            deadline = time.monotonic() + 20
+            while len(received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(received) == 2, server.output()  # the acknowledgment and the reply
+            assert b"Auto-Submitted: auto-replied" in received[0]
+            assert b"Reset it here." in received[1]
+            assert server.stop(signal.SIGTERM) == 0, server.output()
+    finally:
+        relay.stop()

@@ -1,0 +1,73 @@
+"""Sending composed mail through the relay of ``SUPPORTGATE_OUTBOUND_SMTP_URL``.
+
+``smtp://[user:pass@]host:port`` (STARTTLS when the relay offers it),
+``smtps://…`` (implicit TLS). A refusal with a 5xx code is permanent
+(:class:`PermanentFailure`); anything else is transient and raised as is,
+for the task to retry.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+
+class PermanentFailure(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Relay:
+    host: str
+    port: int
+    user: str | None
+    password: str | None
+    implicit_tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> Relay:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(
+                "SUPPORTGATE_OUTBOUND_SMTP_URL must look like smtp://[user:pass@]host:port"
+            )
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if parts.scheme == "smtps" else 25),
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=parts.scheme == "smtps",
+        )
+
+    def send(self, envelope_from: str, recipient: str, raw: bytes, timeout: float = 30) -> None:
+        client: smtplib.SMTP
+        if self.implicit_tls:
+            client = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=timeout, context=ssl.create_default_context()
+            )
+        else:
+            client = smtplib.SMTP(self.host, self.port, timeout=timeout)
+        try:
+            client.ehlo()
+            if not self.implicit_tls and client.has_extn("starttls"):
+                client.starttls(context=ssl.create_default_context())
+                client.ehlo()
+            if self.user:
+                client.login(self.user, self.password or "")
+            client.sendmail(envelope_from, [recipient], raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code = next(iter(exc.recipients.values()))[0]
+            if 500 <= code < 600:
+                raise PermanentFailure(f"relay refused {recipient}: {code}") from exc
+            raise
+        except smtplib.SMTPResponseException as exc:
+            if 500 <= exc.smtp_code < 600:
+                raise PermanentFailure(f"relay answered {exc.smtp_code}") from exc
+            raise
+        finally:
+            try:
+                client.quit()
+            except smtplib.SMTPException:
+                client.close()

@@ -1,0 +1,133 @@
+"""What each kind of outbox task does. Every handler is idempotent.
+
+    kind             payload           does
+    inbound.ingest   inbound_id        parse the stored raw mail, route it (gateway.inbound.ingest)
+    email.reply      message_id        compose the mail of an agent's public reply, queue email.send
+    email.send       outbound_id       send one composed mail (pending → sending → sent)
+
+The same functions run in the embedded in-process runner and, with Redis,
+in the Celery tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from adapters.email.parsing import parse_message
+from adapters.email.quotes import visible_text
+from adapters.email.sender import PermanentFailure, Relay
+from gateway.config import Settings
+from gateway.db import Database, utcnow
+from gateway.inbound.addresses import SupportAddress
+from gateway.inbound.ingest import process_inbound
+from gateway.inbound.models import InboundMail
+from gateway.outbound.models import OutboundMail
+from gateway.outbound.services import MailContext, prepare_reply
+from gateway.storage import LocalStorage
+
+log = logging.getLogger("supportgate.tasks")
+
+Handler = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TaskContext:
+    settings: Settings
+    db: Database
+    mail: MailContext
+    relay: Relay | None
+
+    @classmethod
+    def create(cls, settings: Settings, db: Database) -> TaskContext:
+        return cls(
+            settings=settings,
+            db=db,
+            mail=MailContext(
+                support=SupportAddress.parse(settings.support_address),
+                storage=LocalStorage(settings.data_dir / "attachments"),
+            ),
+            relay=Relay.from_url(settings.outbound_smtp_url)
+            if settings.outbound_smtp_url
+            else None,
+        )
+
+
+def _lock(session: Any, stmt: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update()
+    return stmt
+
+
+def ingest(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    inbound_id = uuid.UUID(payload["inbound_id"])
+    with ctx.db.transaction() as session:
+        mail = session.scalar(
+            _lock(session, select(InboundMail).where(InboundMail.id == inbound_id))
+        )
+        if mail is None or mail.state != "received":
+            return
+        parsed = parse_message(mail.raw)
+        outcome = process_inbound(session, ctx.mail, mail, parsed, visible_text)
+        mail.attempts += 1
+    log.info("ingested", extra={"inbound_id": str(inbound_id), **outcome})
+
+
+def reply(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    with ctx.db.transaction() as session:
+        prepare_reply(session, ctx.mail, uuid.UUID(payload["message_id"]))
+
+
+def send(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    outbound_id = uuid.UUID(payload["outbound_id"])
+    with ctx.db.transaction() as session:
+        mail = session.scalar(
+            _lock(session, select(OutboundMail).where(OutboundMail.id == outbound_id))
+        )
+        if mail is None or mail.state in ("sent", "stored", "suppressed", "failed"):
+            return
+        if mail.recipient.endswith(".invalid"):
+            mail.state, mail.last_error = "suppressed", "recipient address is not deliverable"
+            return
+        # "sending" is committed before the relay is spoken to: a retry that finds
+        # it knows the mail may have left, and sends it again with the same
+        # Message-ID (at least once; receivers collapse duplicates by Message-ID).
+        mail.state = "sending"
+        mail.attempts += 1
+        recipient, raw = mail.recipient, mail.raw
+    if ctx.relay is None:
+        outcome, error = "stored", None
+        log.info(
+            "outgoing mail stored, not sent (no SUPPORTGATE_OUTBOUND_SMTP_URL)",
+            extra={"outbound_id": str(outbound_id), "to": recipient},
+        )
+    else:
+        try:
+            ctx.relay.send(ctx.mail.support.address, recipient, raw)
+            outcome, error = "sent", None
+        except PermanentFailure as exc:
+            outcome, error = "failed", str(exc)
+        except Exception:
+            with ctx.db.transaction() as session:
+                row = session.get(OutboundMail, outbound_id)
+                if row is not None and row.state == "sending":
+                    row.state = "pending"
+            raise
+    with ctx.db.transaction() as session:
+        row = session.get(OutboundMail, outbound_id)
+        if row is not None:
+            row.state, row.last_error = outcome, error
+            row.sent_at = utcnow() if outcome == "sent" else None
+
+
+def handlers(ctx: TaskContext) -> dict[str, Handler]:
+    return {
+        "inbound.ingest": lambda p: ingest(ctx, p),
+        "email.reply": lambda p: reply(ctx, p),
+        "email.send": lambda p: send(ctx, p),
+    }
