@@ -6,15 +6,32 @@ Nothing reads the environment at import time: entry points call
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import ConfigurationError
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+# A media type pattern of the allow/deny lists: "*", "image/*" or "image/png".
+_TYPE_PATTERN = re.compile(r"^(\*|[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*))$")
+
+# Executables and installers: refused as attachments unless an operator says otherwise.
+DEFAULT_ATTACHMENT_DENY = (
+    "application/x-dosexec,application/vnd.microsoft.portable-executable,"
+    "application/x-msdownload,application/x-msi,application/x-ms-installer,"
+    "application/x-executable,application/x-pie-executable,application/x-sharedlib,"
+    "application/x-mach-binary,application/x-elf"
+)
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    """A comma-separated setting as a tuple of its non-empty, trimmed items."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 class Settings(BaseSettings):
@@ -29,6 +46,20 @@ class Settings(BaseSettings):
     api_port: Port = 8000
     api_workers: Annotated[int, Field(ge=1, le=64)] = 2
     api_threads: Annotated[int, Field(ge=1, le=256)] = 8
+    # The live events server (`supportgate events`, a part of `serve`).
+    events_host: str = "127.0.0.1"
+    events_port: Port = 8001
+    # Public base URL of the events server, for the API's redirect of
+    # GET /api/v1/events (default: the request's host, SUPPORTGATE_EVENTS_PORT).
+    events_url: str | None = None
+    # Under load a subscriber gets at most one write per this many ms, with
+    # every event since; an event after a quiet spell goes out at once.
+    events_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 100
+    # Events server processes sharing the port (SO_REUSEPORT); more than one
+    # needs Redis, through which every worker hears every event.
+    events_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # Seconds between comment heartbeats on an idle stream (contract: <= 15).
+    events_heartbeat: Annotated[int, Field(ge=1, le=15)] = 10
     smtp_host: str = "127.0.0.1"
     smtp_port: Port = 2525
     # PEM files; both set = STARTTLS offered on the inbound SMTP server.
@@ -38,6 +69,35 @@ class Settings(BaseSettings):
     max_message_bytes: Annotated[int, Field(ge=1024)] = 26214400
     max_attachment_bytes: Annotated[int, Field(ge=1)] = 26214400
     max_json_bytes: Annotated[int, Field(ge=1024)] = 1048576
+    # Attachments, per kind: "attachment" files and "inline" (cid:) images.
+    # Allow/deny lists are comma-separated media types or patterns (image/*);
+    # the type is sniffed from the bytes; deny wins over allow.
+    max_inline_bytes: Annotated[int, Field(ge=1)] = 10485760
+    attachment_allow: str = "*"
+    attachment_deny: str = DEFAULT_ATTACHMENT_DENY
+    inline_allow: str = "image/*"
+    inline_deny: str = ""
+    # Archives (zip, gzip): refused above this expansion ratio or expanded size.
+    archive_max_ratio: Annotated[int, Field(ge=1)] = 100
+    archive_max_expanded_bytes: Annotated[int, Field(ge=1)] = 1073741824
+    # Previews: thumbnails at most this many pixels a side, of images of at
+    # most this many pixels (decompression-bomb limit).
+    preview_size: Annotated[int, Field(ge=16, le=2048)] = 320
+    preview_max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
+    # Browser origins allowed to call the attachment routes (comma-separated,
+    # scheme://host[:port]); empty = no CORS headers at all.
+    cors_origins: str = ""
+    # Where attachment files live: "local" (under data_dir/attachments) or "s3".
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = "attachments/"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # An unreferenced file younger than this is never removed: it may belong
+    # to an upload whose row is not committed yet.
+    storage_grace_seconds: Annotated[int, Field(ge=0)] = 900
     outbound_smtp_url: str | None = None
     imap_url: str | None = None
     slack_bot_token: str | None = None
@@ -49,6 +109,12 @@ class Settings(BaseSettings):
     # per client address; 0 turns a limit off.
     rate_limit_per_minute: Annotated[int, Field(ge=0)] = 1200
     auth_failures_per_minute: Annotated[int, Field(ge=0)] = 30
+    # Redis database of Celery's queues (kept apart from anything else on that Redis).
+    celery_redis_db: Annotated[int, Field(ge=0, le=15)] = 11
+    worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    # A task still "running" after this long is taken to have lost its worker and
+    # is queued again (longer than the 300 s hard time limit of a task).
+    task_stale_seconds: Annotated[int, Field(ge=1)] = 360
     # Seconds between runs of the deletion policy job in ``serve``; 0 = never.
     maintenance_interval: Annotated[int, Field(ge=0)] = 3600
     log_level: str = "INFO"
@@ -94,6 +160,37 @@ class Settings(BaseSettings):
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value
+
+    @field_validator("attachment_allow", "attachment_deny", "inline_allow", "inline_deny")
+    @classmethod
+    def _check_type_list(cls, value: str) -> str:
+        items = [item.lower() for item in split_list(value)]
+        for item in items:
+            if not _TYPE_PATTERN.match(item):
+                raise ValueError(f"{item!r} is not a media type like image/png or image/*")
+        return ",".join(items)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        items = [item.rstrip("/") for item in split_list(value)]
+        for item in items:
+            if not re.match(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", item):
+                raise ValueError(f"{item!r} is not an origin like https://support.example.com")
+        return ",".join(items)
+
+    @field_validator("s3_bucket", "s3_endpoint_url", "s3_region", "s3_access_key_id")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> Settings:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError(
+                "SUPPORTGATE_S3_BUCKET is required when SUPPORTGATE_STORAGE_BACKEND=s3"
+            )
+        return self
 
     @property
     def effective_database_url(self) -> str:

@@ -4,8 +4,9 @@ Two kinds of rows are written in the same transaction as the change that
 causes them:
 
 * :class:`Event` — a live event (``ticket.created``, ``message.created`` …).
-  ``seq`` is the stream's ``id:``; a relay publishes unpublished rows after
-  commit, and a reconnecting client is replayed from here.
+  ``seq`` is its insertion order; the relay gives each committed row its
+  ``position`` in the stream (the SSE ``id:``) in commit order and publishes
+  it, and a reconnecting client is replayed from here (gateway/stream.py).
 * :class:`OutboxTask` — a side effect outside the database (an email to send,
   a Slack post), with a state machine so that a retry after a crash is
   detected rather than repeated blindly. ``idempotency_key`` is unique.
@@ -16,12 +17,13 @@ Nothing here sends anything: that is the relay's and the workers' job.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, Uuid
+from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, Uuid, event
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from gateway.db import Base, UTCDateTime, new_id, utcnow
 
@@ -46,6 +48,7 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_ticket", "ticket_id", "seq"),
         Index("ix_events_unpublished", "published_at", "seq"),
+        Index("ix_events_position", "position", unique=True),
     )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -58,6 +61,9 @@ class Event(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The stream's ``id:``: assigned by the relay in commit order, dense, set
+    # together with ``published_at`` (see gateway/stream.py).
+    position: Mapped[int | None] = mapped_column(BigId)
 
 
 class OutboxTask(Base):
@@ -115,3 +121,31 @@ def enqueue(session: Session, kind: str, key: str, payload: dict[str, Any]) -> O
     task = OutboxTask(kind=kind, idempotency_key=f"{kind}:{key}", payload=payload)
     session.add(task)
     return task
+
+
+def watch_outbox(
+    sessions: sessionmaker[Session],
+    callback: Callable[[list[tuple[uuid.UUID, str]]], None],
+) -> None:
+    """Call ``callback([(task id, kind), …])`` after each commit that wrote outbox tasks.
+
+    The edge uses it to hand committed tasks to a queue at once (never before
+    the commit); whatever the callback fails to hand over stays ``pending``
+    for the relay.
+    """
+
+    @event.listens_for(sessions, "before_flush")
+    def _collect(session: Session, _ctx: Any, _instances: Any) -> None:
+        new = [obj for obj in session.new if isinstance(obj, OutboxTask)]
+        if new:
+            session.info.setdefault("outbox_new", []).extend(new)
+
+    @event.listens_for(sessions, "after_commit")
+    def _hand_over(session: Session) -> None:
+        rows = session.info.pop("outbox_new", [])
+        if rows:
+            callback([(row.id, row.kind) for row in rows])
+
+    @event.listens_for(sessions, "after_rollback")
+    def _forget(session: Session) -> None:
+        session.info.pop("outbox_new", None)

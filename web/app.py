@@ -1,8 +1,8 @@
 """The Flask application factory.
 
 ``create_app(settings)`` wires the concrete pieces chosen by settings (the
-database, the rate-limit storage) and registers the blueprints; nothing is
-read from the environment at import time.
+database, the rate-limit storage, the attachment store) and registers the
+blueprints; nothing is read from the environment at import time.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
 
+from gateway.attachments.services import Files
 from gateway.config import Settings, load_settings
 from gateway.db import Database
+from gateway.events import watch_outbox
 from web.auth import RateLimits
 from web.errors import register_error_handlers
 from web.logging import configure_logging
@@ -31,6 +33,7 @@ class AppContext:
     settings: Settings
     db: Database
     limits: RateLimits
+    files: Files
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
@@ -41,13 +44,24 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         max(settings.max_attachment_bytes, settings.max_json_bytes) + 65536
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    db = database or Database(settings.effective_database_url, pool_size=settings.api_threads)
+    if database is None:
+        database = Database(settings.effective_database_url, pool_size=settings.api_threads)
+        if settings.redis_url:
+            # Committed tasks go to the workers at once; the relay catches the rest.
+            # (Only for a database of our own: a shared one, as in tests, is left alone.)
+            from workers.queue import CeleryPublisher, make_publisher_app
+
+            watch_outbox(
+                database.sessions, CeleryPublisher(make_publisher_app(settings)).after_commit
+            )
+    db = database
     app.extensions["supportgate"] = AppContext(
         settings=settings,
         db=db,
         limits=RateLimits.create(
             settings.redis_url, settings.rate_limit_per_minute, settings.auth_failures_per_minute
         ),
+        files=Files.from_settings(settings),
     )
 
     @app.before_request
@@ -78,6 +92,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     register_error_handlers(app)
 
+    from web.api.admin import bp as admin_bp
+    from web.api.attachments import bp as attachments_bp
+    from web.api.events import bp as events_bp
     from web.api.messages import bp as messages_bp
     from web.api.meta import bp as meta_bp
     from web.api.metadata import bp as metadata_bp
@@ -87,6 +104,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     from web.api.users import bp as users_bp
 
     app.register_blueprint(ops_bp)
-    for bp in (tickets_bp, messages_bp, metadata_bp, users_bp, policies_bp, meta_bp):
+    for bp in (tickets_bp, messages_bp, metadata_bp, users_bp, policies_bp, meta_bp, admin_bp):
         app.register_blueprint(bp, url_prefix="/api/v1")
+    app.register_blueprint(attachments_bp, url_prefix="/api/v1")
+    app.register_blueprint(events_bp, url_prefix="/api/v1")
     return app

@@ -10,6 +10,14 @@
 
 and records the same models on the view, from which :func:`build_openapi`
 writes ``openapi.json``. What validates a request is what documents it.
+
+File uploads (``upload=Upload(...)``, ``multipart/form-data``) run in three
+steps instead, so that no database transaction (on SQLite: the write lock)
+stays open while a slow client sends megabytes: authenticate and run the
+upload's ``check`` in a first transaction; stream the file into a staged file
+(hashed, size-limited) with no transaction open; run the view in a second
+transaction. A view may return :class:`AfterCommit` to do slow work (reading
+a file, making a thumbnail) once its transaction is over.
 """
 
 from __future__ import annotations
@@ -28,6 +36,38 @@ from pydantic.json_schema import models_json_schema
 from gateway.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from gateway.permissions import Principal
 from gateway.schemas import Problem
+from web import multipart
+
+
+@dataclass
+class Upload:
+    """A ``multipart/form-data`` body: one file (``file_field``) and form fields.
+
+    ``stage(app_context)`` hands out the writable staged file the file streams
+    into; ``check(session=, principal=, **path_args)`` refuses early (404,
+    409 …), before any byte of the body is read.
+    """
+
+    form: type[BaseModel]
+    stage: Callable[[Any], Any]
+    file_field: str = "file"
+    check: Callable[..., None] | None = None
+    description: str = ""
+
+
+@dataclass
+class Received:
+    """The uploaded file a view gets: the staged bytes and the client's name."""
+
+    staged: Any
+    filename: str
+
+
+@dataclass
+class AfterCommit:
+    """Returned by a view: ``run()`` makes the response after the commit."""
+
+    run: Callable[[], ViewResult]
 
 
 @dataclass
@@ -44,6 +84,10 @@ class Spec:
     etag: bool = False
     description: str = ""
     errors: tuple[int, ...] = field(default_factory=tuple)
+    upload: Upload | None = None
+    # Success media types besides media_type (file downloads), and documented headers.
+    media_types: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
 
 
 ViewResult = Response | dict[str, Any] | tuple[Any, ...] | None
@@ -126,7 +170,113 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
     return model.model_validate(data)
 
 
+MAX_FORM_FIELD_BYTES = 64 * 1024
+MAX_FORM_PARTS = 16
+
+
+def _body_reader() -> Callable[[int], bytes]:
+    """The fastest way to read this request's body.
+
+    gunicorn's ``wsgi.input`` re-buffers every read through a BytesIO, 1 KiB
+    at a time; the reader beneath it (``LengthReader`` / ``ChunkedReader``)
+    returns the same bytes, limited the same way, several times faster. It is
+    used only while the outer buffer is untouched; anything else goes through
+    Werkzeug's stream (which also enforces MAX_CONTENT_LENGTH, as touching
+    ``request.stream`` here does for both)."""
+    stream = request.stream
+    raw = request.environ.get("wsgi.input")
+    inner = getattr(raw, "reader", None)
+    buf = getattr(raw, "buf", None)
+    if (
+        type(raw).__module__.startswith("gunicorn.")
+        and callable(getattr(inner, "read", None))
+        and buf is not None
+        and buf.tell() == 0
+    ):
+        return inner.read  # type: ignore[no-any-return]
+    return stream.read
+
+
+def receive_upload(upload: Upload, ctx: Any) -> tuple[BaseModel, Received, list[Any]]:
+    """Stream a multipart body into staged files; returns the form, the file and
+    every staged file made (the caller discards them when done)."""
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"send the file as multipart/form-data with the field {upload.file_field!r}"
+        )
+    boundary = request.mimetype_params.get("boundary", "")
+    staged: list[Any] = []
+
+    def stream_factory(**_: Any) -> Any:
+        made = upload.stage(ctx)
+        staged.append(made)
+        return made
+
+    try:
+        form, files = multipart.parse(
+            _body_reader(),
+            boundary.encode("latin-1"),
+            stream_factory,
+            max_field_bytes=MAX_FORM_FIELD_BYTES,
+            max_parts=MAX_FORM_PARTS,
+            # Werkzeug's LimitedStream is fastest at 64 KiB reads.
+            read_size=64 * 1024,
+        )
+    except multipart.MultipartLimit as exc:
+        for item in staged:
+            item.discard()
+        raise PayloadTooLarge(str(exc)) from None
+    except (ValueError, UnicodeError) as exc:
+        for item in staged:
+            item.discard()
+        raise ValidationFailed.on("body", f"not valid multipart/form-data: {exc}") from None
+    except BaseException:
+        for item in staged:
+            item.discard()
+        raise
+    try:
+        chosen = files.getlist(upload.file_field)
+        if not chosen:
+            raise ValidationFailed.on(upload.file_field, "a file is required")
+        if len(chosen) > 1:
+            raise ValidationFailed.on(upload.file_field, "send one file per request")
+        values = {name: form.get(name) for name in form}
+        _reject_nul("", values)
+        _reject_nul(upload.file_field, chosen[0].filename or "")
+        parsed = upload.form.model_validate(values)
+    except BaseException:
+        for item in staged:
+            item.discard()
+        raise
+    return parsed, Received(chosen[0].stream, chosen[0].filename or ""), staged
+
+
+def _run_upload(
+    view: Callable[..., ViewResult], spec: Spec, ctx: Any, path_args: dict[str, Any]
+) -> ViewResult:
+    from web.auth import authenticate_request
+
+    upload = spec.upload
+    assert upload is not None
+    with ctx.db.transaction() as session:
+        principal = authenticate_request(ctx, session)
+        g.principal = principal
+        if upload.check is not None:
+            upload.check(session=session, principal=principal, **path_args)
+    form, received, staged = receive_upload(upload, ctx)
+    try:
+        with ctx.db.transaction() as session:
+            return view(
+                **path_args, session=session, principal=principal, form=form, upload=received
+            )
+    finally:
+        for item in staged:
+            item.discard()  # a no-op for the one the view committed
+
+
 def to_response(result: ViewResult, spec: Spec) -> Response:
+    if isinstance(result, AfterCommit):
+        result = result.run()
     if isinstance(result, Response):
         return result
     status, headers = spec.status, {}
@@ -161,8 +311,14 @@ def endpoint(
     description: str = "",
     errors: tuple[int, ...] = (),
     media_type: str = "application/json",
+    upload: Upload | None = None,
+    media_types: tuple[str, ...] = (),
+    headers: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., ViewResult]], Callable[..., Response]]:
     spec = Spec(
+        upload=upload,
+        media_types=media_types,
+        headers=headers,
         media_type=media_type,
         summary=summary,
         tag=tag,
@@ -185,6 +341,8 @@ def endpoint(
             ctx = current_app.extensions["supportgate"]
             for name, value in path_args.items():
                 _reject_nul(name, value)
+            if upload is not None:
+                return to_response(_run_upload(view, spec, ctx, path_args), spec)
             with ctx.db.transaction() as session:
                 kwargs: dict[str, Any] = {"session": session}
                 principal: Principal | None = None
@@ -283,11 +441,48 @@ def iter_specs(app: Flask) -> typing.Iterator[tuple[str, str, Spec]]:
             yield rule.rule, method, spec
 
 
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form field is absent or a string; JSON's null has no form encoding."""
+    options = [o for o in schema.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) == 1:
+        rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+        return {**rest, **options[0]}
+    return {k: v for k, v in schema.items() if k != "default" or v is not None}
+
+
+def _multipart_body(
+    upload: Upload, schemas: dict[str, Any], ref: Callable[[type[BaseModel], str], Any]
+) -> dict[str, Any]:
+    form = schemas[ref(upload.form, "validation")["$ref"].rsplit("/", 1)[-1]]
+    properties: dict[str, Any] = {
+        upload.file_field: {
+            "type": "string",
+            "contentMediaType": "application/octet-stream",
+            "description": upload.description or "the file",
+        }
+    }
+    for name, prop in form.get("properties", {}).items():
+        properties[name] = _without_null(prop)
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": properties,
+                    "required": [upload.file_field, *form.get("required", [])],
+                },
+                "encoding": {upload.file_field: {"contentType": "application/octet-stream"}},
+            }
+        },
+    }
+
+
 def build_openapi(app: Flask) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [(Problem, "serialization")]
     specs = list(iter_specs(app))
     for _, _, spec in specs:
-        for m in (spec.body, spec.customer_body, spec.query):
+        for m in (spec.body, spec.customer_body, spec.query, spec.upload and spec.upload.form):
             if m is not None:
                 models.append((m, "validation"))
         if spec.response is not None:
@@ -333,6 +528,8 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 if prop.get("type") == "array":
                     param["style"], param["explode"] = "form", True
                 op["parameters"].append(param)
+        if spec.upload is not None:
+            op["requestBody"] = _multipart_body(spec.upload, schemas, ref)
         if spec.body is not None:
             body_schema = ref(spec.body, "validation")
             if spec.customer_body is not None:
@@ -349,13 +546,19 @@ def build_openapi(app: Flask) -> dict[str, Any]:
             }
         if spec.response is not None:
             ok["content"] = {spec.media_type: {"schema": ref(spec.response, "serialization")}}
+        for extra in spec.media_types:
+            ok.setdefault("content", {})[extra] = {
+                "schema": {"type": "string", "contentMediaType": extra}
+            }
         if spec.etag:
             ok["headers"] = {"ETag": {"schema": {"type": "string"}, "description": '"<version>"'}}
+        for header in spec.headers:
+            ok.setdefault("headers", {})[header] = {"schema": {"type": "string"}}
         op["responses"][str(spec.status)] = ok
         error_codes = set(spec.errors) | {422, 429}
         if not spec.public:
             error_codes |= {401, 403}
-        if spec.body is not None:
+        if spec.body is not None or spec.upload is not None:
             error_codes |= {413, 415}
         if path_params:
             error_codes.add(404)

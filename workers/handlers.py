@@ -4,6 +4,8 @@
     inbound.ingest   inbound_id        parse the stored raw mail, route it (gateway.inbound.ingest)
     email.reply      message_id        compose the mail of an agent's public reply, queue email.send
     email.send       outbound_id       send one composed mail (pending → sending → sent)
+    storage.collect  sha256 [list]     remove the files no attachment references (past the grace)
+    attachment.preview sha256          make an image's thumbnail ahead of its first view
 
 The same functions run in the embedded in-process runner and, with Redis,
 in the Celery tasks.
@@ -22,6 +24,7 @@ from sqlalchemy import select
 from adapters.email.parsing import parse_message
 from adapters.email.quotes import visible_text
 from adapters.email.sender import PermanentFailure, Relay
+from gateway.attachments.services import Files, collect_files, make_preview
 from gateway.config import Settings
 from gateway.db import Database, utcnow
 from gateway.inbound.addresses import SupportAddress
@@ -29,7 +32,7 @@ from gateway.inbound.ingest import process_inbound
 from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
 from gateway.outbound.services import MailContext, prepare_reply
-from gateway.storage import LocalStorage
+from workers.outbox import PermanentTaskError
 
 log = logging.getLogger("supportgate.tasks")
 
@@ -42,15 +45,19 @@ class TaskContext:
     db: Database
     mail: MailContext
     relay: Relay | None
+    files: Files
 
     @classmethod
     def create(cls, settings: Settings, db: Database) -> TaskContext:
+        files = Files.from_settings(settings)
         return cls(
             settings=settings,
             db=db,
+            files=files,
             mail=MailContext(
                 support=SupportAddress.parse(settings.support_address),
-                storage=LocalStorage(settings.data_dir / "attachments"),
+                storage=files.storage,
+                policies=files.policies,
             ),
             relay=Relay.from_url(settings.outbound_smtp_url)
             if settings.outbound_smtp_url
@@ -94,12 +101,24 @@ def send(ctx: TaskContext, payload: dict[str, Any]) -> None:
         if mail.recipient.endswith(".invalid"):
             mail.state, mail.last_error = "suppressed", "recipient address is not deliverable"
             return
-        # "sending" is committed before the relay is spoken to: a retry that finds
-        # it knows the mail may have left, and sends it again with the same
-        # Message-ID (at least once; receivers collapse duplicates by Message-ID).
-        mail.state = "sending"
+        if mail.state == "sending":
+            # The last attempt died while speaking to the relay: the mail may
+            # have left. Not repeated blindly: it is dead-lettered as uncertain,
+            # and an admin's retry (GET/POST /api/v1/admin/failed-tasks) sends it.
+            mail.state = "uncertain"
+            mail.last_error = "delivery uncertain: the worker died while sending"
+            uncertain = True
+        else:
+            # Committed before the relay is spoken to, so a crash mid-send is detected.
+            mail.state = "sending"
+            uncertain = False
         mail.attempts += 1
         recipient, raw = mail.recipient, mail.raw
+    if uncertain:
+        raise PermanentTaskError(
+            f"delivery of outgoing mail {outbound_id} is uncertain (its worker died while "
+            "sending); check the relay's log, then retry this task to send it again"
+        )
     if ctx.relay is None:
         outcome, error = "stored", None
         log.info(
@@ -130,4 +149,6 @@ def handlers(ctx: TaskContext) -> dict[str, Handler]:
         "inbound.ingest": lambda p: ingest(ctx, p),
         "email.reply": lambda p: reply(ctx, p),
         "email.send": lambda p: send(ctx, p),
+        "storage.collect": lambda p: collect_files(ctx.db, ctx.files, p),
+        "attachment.preview": lambda p: make_preview(ctx.db, ctx.files, p),
     }

@@ -12,10 +12,10 @@ import logging
 import threading
 from collections.abc import Callable
 
+from gateway.attachments.services import Files
 from gateway.config import Settings
 from gateway.db import Database
 from gateway.policies.jobs import PolicyRun, apply_deletion_policy
-from gateway.storage import LocalStorage
 
 log = logging.getLogger("supportgate.scheduler")
 
@@ -24,7 +24,13 @@ def run_maintenance(settings: Settings, database: Database | None = None) -> Pol
     """One run of every maintenance job (the deletion policy and file collection)."""
     db = database or Database(settings.effective_database_url, null_pool=True)
     try:
-        return apply_deletion_policy(db, LocalStorage(settings.data_dir / "attachments"))
+        files = Files.from_settings(settings)
+        return apply_deletion_policy(
+            db,
+            files.storage,
+            grace_seconds=settings.storage_grace_seconds,
+            previews=files.previews,
+        )
     finally:
         if database is None:
             db.dispose()

@@ -10,7 +10,12 @@ from gateway.db import Base, UTCDateTime, new_id, utcnow
 
 
 class Attachment(Base):
-    """A file of a ticket; the bytes live in storage under their sha256."""
+    """A file of a ticket; the bytes live in storage under their sha256.
+
+    ``content_type`` is sniffed from the bytes. ``quarantine_reason`` is set on
+    a file that came by mail although the policy refuses it (kept, since mail
+    is never dropped, but never previewed and sent only as an opaque download).
+    """
 
     __tablename__ = "attachments"
     __table_args__ = (
@@ -29,4 +34,5 @@ class Attachment(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     inline: Mapped[bool] = mapped_column(Boolean, default=False)
+    quarantine_reason: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

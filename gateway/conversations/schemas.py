@@ -28,6 +28,11 @@ class AttachmentOut(BaseModel):
     created_at: datetime
     download_url: str
     preview_url: str | None
+    quarantined: bool = Field(
+        description="Came by mail although the policy refuses it: kept, never previewed, "
+        "downloadable by staff only, always as application/octet-stream."
+    )
+    quarantine_reason: str | None
 
 
 class MessageOut(BaseModel):

@@ -15,6 +15,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from gateway.attachments.models import Attachment
+from gateway.attachments.previews import preview_kind
 from gateway.conversations.models import Message
 from gateway.conversations.rendering import render_body
 from gateway.conversations.schemas import MessageCreate
@@ -36,6 +37,7 @@ def author_ref(message: Message) -> dict[str, Any] | None:
 
 
 def attachment_out(att: Attachment) -> dict[str, Any]:
+    quarantined = att.quarantine_reason is not None
     return {
         "id": str(att.id),
         "ticket_id": str(att.ticket_id),
@@ -47,7 +49,11 @@ def attachment_out(att: Attachment) -> dict[str, Any]:
         "inline": att.inline,
         "created_at": att.created_at.isoformat(),
         "download_url": f"/api/v1/attachments/{att.id}",
-        "preview_url": None,
+        "preview_url": f"/api/v1/attachments/{att.id}/preview"
+        if preview_kind(att.content_type, quarantined)
+        else None,
+        "quarantined": quarantined,
+        "quarantine_reason": att.quarantine_reason,
     }
 
 

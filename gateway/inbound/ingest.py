@@ -20,14 +20,14 @@ left alone, so a retried or doubled task changes nothing.
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.attachments.models import Attachment
+from gateway.attachments.policy import Policies
+from gateway.attachments.services import store_mail_file
 from gateway.conversations.models import Message
 from gateway.conversations.services import record_message
 from gateway.db import utcnow
@@ -63,22 +63,29 @@ def _visible(message: InboundMessage, visible_text: Any) -> str:
 
 
 def _store_attachments(
-    session: Session, ctx: MailContext, ticket: Ticket, msg: Message, parsed: InboundMessage
+    session: Session,
+    ctx: MailContext,
+    ticket: Ticket,
+    msg: Message,
+    parsed: InboundMessage,
+    author: Principal,
 ) -> int:
+    """Keep every part byte for byte, through the attachment policies: a part
+    they refuse is kept quarantined, never dropped."""
     if ctx.storage is None:
         return 0
+    policies = ctx.policies or Policies.defaults()
     for att in parsed.attachments:
-        sha, size = ctx.storage.put(io.BytesIO(att.data))
-        session.add(
-            Attachment(
-                ticket_id=ticket.id,
-                message_id=msg.id,
-                filename=att.filename[:255],
-                content_type=att.content_type[:127],
-                size=size,
-                sha256=sha,
-                inline=att.inline,
-            )
+        store_mail_file(
+            session,
+            ctx.storage,
+            policies,
+            author,
+            ticket,
+            msg,
+            data=att.data,
+            filename=att.filename,
+            inline=att.inline,
         )
     return len(parsed.attachments)
 
@@ -221,7 +228,7 @@ def process_inbound(
         body_html=parsed.html,
         email_message_id=parsed.message_id,
     )
-    files = _store_attachments(session, ctx, ticket, message, parsed)
+    files = _store_attachments(session, ctx, ticket, message, parsed, Principal.of(author))
     _add_participants(session, ctx, ticket, parsed, sender)
     if created and not verdict.no_automatic_answer and not author.is_staff:
         schedule_acknowledgment(session, ctx, ticket, message)

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db import Base, UTCDateTime, new_id, utcnow
 
-OUTBOUND_STATES = ("pending", "sending", "sent", "stored", "failed", "suppressed")
+OUTBOUND_STATES = ("pending", "sending", "sent", "stored", "failed", "suppressed", "uncertain")
 
 
 class OutboundMail(Base):

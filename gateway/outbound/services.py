@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.attachments.models import Attachment
+from gateway.attachments.policy import Policies
 from gateway.conversations.models import Message
 from gateway.db import utcnow
 from gateway.events import enqueue
@@ -29,6 +30,8 @@ class MailContext:
     storage: Storage | None
     display_name: str = "Support"
     automatic_per_hour: int = AUTOMATIC_PER_SENDER_PER_HOUR
+    # What mail attachments are checked against (None: the default policies).
+    policies: Policies | None = None
 
 
 def _thread_ids(session: Session, ticket: Ticket) -> list[str]:
@@ -148,7 +151,11 @@ def prepare_reply(session: Session, ctx: MailContext, message_id: uuid.UUID) -> 
     attachments: list[tuple[str, str, bytes]] = []
     if ctx.storage is not None:
         budget = MAX_ATTACHMENT_BYTES_PER_MAIL
-        for att in session.scalars(select(Attachment).where(Attachment.message_id == message.id)):
+        for att in session.scalars(
+            select(Attachment)
+            .where(Attachment.message_id == message.id, Attachment.quarantine_reason.is_(None))
+            .order_by(Attachment.created_at)
+        ):
             if att.size <= budget and ctx.storage.exists(att.sha256):
                 with ctx.storage.open(att.sha256) as fh:
                     attachments.append((att.filename, att.content_type, fh.read()))

@@ -5,7 +5,8 @@ One run:
 1. archives tickets closed (and untouched) for ``archive_closed_after_days``;
 2. purges tickets soft-deleted for ``purge_deleted_after_days``;
 3. removes attachment files that nothing references any more (queued by
-   purges and deletions as ``storage.collect`` outbox tasks, plus a sweep).
+   purges and deletions as ``storage.collect`` outbox tasks, plus a sweep),
+   their cached thumbnails, and uploads a crash left half-staged.
 
 Work goes in batches, each its own transaction. On PostgreSQL rows are taken
 with ``FOR UPDATE SKIP LOCKED``, so two runs at once share the work and never
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,10 +29,16 @@ from gateway.events import OutboxTask
 from gateway.permissions import Principal
 from gateway.policies.services import get_deletion_policy
 from gateway.storage import GRACE_SECONDS, Storage, collect
+
+if TYPE_CHECKING:
+    from gateway.attachments.previews import PreviewCache
 from gateway.tickets import services as tickets
 from gateway.tickets.models import Ticket
 
 log = logging.getLogger("supportgate.policies")
+
+# A staged upload older than this is left over from a crash, not in progress.
+STAGING_MAX_AGE = 6 * 3600
 
 
 @dataclass
@@ -133,6 +140,25 @@ def sweep_orphans(db: Database, storage: Storage, grace: float = GRACE_SECONDS) 
     return removed
 
 
+def sweep_previews(db: Database, previews: PreviewCache) -> int:
+    """Forget the cached thumbnails of files no attachment references."""
+    from gateway.attachments.models import Attachment
+
+    cached = previews.cached_hashes()
+    removed = 0
+    for start in range(0, len(cached), 500):
+        chunk = cached[start : start + 500]
+        with db.transaction() as session:
+            referenced = set(
+                session.scalars(select(Attachment.sha256).where(Attachment.sha256.in_(chunk)))
+            )
+        for sha in chunk:
+            if sha not in referenced:
+                previews.forget(sha)
+                removed += 1
+    return removed
+
+
 def apply_deletion_policy(
     db: Database,
     storage: Storage | None,
@@ -141,6 +167,7 @@ def apply_deletion_policy(
     batch: int = 200,
     grace_seconds: float = GRACE_SECONDS,
     sweep: bool = True,
+    previews: PreviewCache | None = None,
 ) -> PolicyRun:
     now = now or utcnow()
     with db.transaction() as session:
@@ -164,6 +191,9 @@ def apply_deletion_policy(
                 break
         if sweep:
             run.files_removed += sweep_orphans(db, storage, grace_seconds)
+            storage.remove_stale_staging(STAGING_MAX_AGE)
+    if previews is not None and sweep:
+        sweep_previews(db, previews)
     if run.archived or run.purged or run.files_removed:
         log.info(
             "deletion policy applied",

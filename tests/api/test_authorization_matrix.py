@@ -22,6 +22,7 @@ the database exactly as it was.
 from __future__ import annotations
 
 import atexit
+import io
 import re
 import tempfile
 import uuid
@@ -35,6 +36,7 @@ from flask import Flask
 from sqlalchemy import text
 
 from gateway.config import Settings
+from gateway.events import OutboxTask
 from gateway.users.services import get_user, issue_token
 from web.app import create_app
 
@@ -90,6 +92,7 @@ class Expect:
 
 TICKET = "/api/v1/tickets/<ref>"
 USER = "/api/v1/users/<user_id>"
+ATTACHMENT = "/api/v1/attachments/<attachment_id>"
 
 # (rule, method) -> one Expect per variant of the call (query string, state).
 EXPECTED: dict[tuple[str, str], tuple[Expect, ...]] = {
@@ -125,6 +128,12 @@ EXPECTED: dict[tuple[str, str], tuple[Expect, ...]] = {
     (TICKET + "/messages", "GET"): (Expect(others_ticket(200, owner=200)),),
     (TICKET + "/messages", "POST"): (Expect(others_ticket(201, owner=201)),),
     ("/api/v1/messages/<message_id>/raw", "GET"): (Expect(admin_only(200)),),
+    # attachments: customers upload to and read their own tickets; staff remove
+    (TICKET + "/attachments", "GET"): (Expect(others_ticket(200, owner=200)),),
+    (TICKET + "/attachments", "POST"): (Expect(others_ticket(201, owner=201)),),
+    (ATTACHMENT, "GET"): (Expect(others_ticket(200, owner=200)),),
+    (ATTACHMENT + "/preview", "GET"): (Expect(others_ticket(200, owner=200)),),
+    (ATTACHMENT, "DELETE"): (Expect(others_ticket(204, owner=403)),),
     # metadata and tags: customers may read their own ticket's metadata, not change it
     (TICKET + "/metadata", "GET"): (Expect(others_ticket(200, owner=200)),),
     (TICKET + "/metadata/<key>", "PUT"): (Expect(others_ticket(200, owner=403)),),
@@ -149,6 +158,12 @@ EXPECTED: dict[tuple[str, str], tuple[Expect, ...]] = {
     (USER + "/tokens/<token_id>", "DELETE"): (Expect(admin_only(204)),),
     ("/api/v1/policies/deletion", "GET"): (Expect(admin_only(200)),),
     ("/api/v1/policies/deletion", "PUT"): (Expect(admin_only(200)),),
+    # live events: the API redirects every authenticated caller to the events
+    # server, where each sees only what it may (tests/integration/test_events.py)
+    ("/api/v1/events", "GET"): (Expect(authenticated(307)),),
+    # the dead-letter list: admin only
+    ("/api/v1/admin/failed-tasks", "GET"): (Expect(admin_only(200)),),
+    ("/api/v1/admin/failed-tasks/<task_id>/retry", "POST"): (Expect(admin_only(200)),),
 }
 
 
@@ -159,6 +174,28 @@ def _ticket_create(customer: bool, victim_email: str) -> dict[str, Any]:
         body["customer_email"] = victim_email
     return body
 
+
+@dataclass(frozen=True)
+class Multipart:
+    """A multipart/form-data body (file uploads)."""
+
+    files: dict[str, tuple[bytes, str]]
+
+    def encode(self) -> dict[str, Any]:
+        from werkzeug.datastructures import FileStorage, MultiDict
+        from werkzeug.test import encode_multipart
+
+        form = MultiDict(
+            [(k, FileStorage(io.BytesIO(v), name)) for k, (v, name) in self.files.items()]
+        )
+        boundary, data = encode_multipart(form)
+        return {"data": data, "content_type": f"multipart/form-data; boundary={boundary}"}
+
+
+# Valid multipart bodies, per (rule, method).
+UPLOADS: dict[tuple[str, str], Multipart] = {
+    (TICKET + "/attachments", "POST"): Multipart({"file": (b"matrix file\n", "matrix.txt")}),
+}
 
 BODIES: dict[tuple[str, str], Callable[[bool, str], dict[str, Any]]] = {
     ("/api/v1/tickets", "POST"): _ticket_create,
@@ -284,11 +321,25 @@ def world(admin, agent, customer_a, customer_b, make_ticket, db) -> World:
         with db.transaction() as session:
             token, _ = issue_token(session, get_user(session, caller.id))
             token_id = str(token.id)
+            dead = OutboxTask(kind="email.send", idempotency_key=f"matrix:{name}",
+                              payload={"outbound_id": str(uuid.uuid4())}, state="dead",
+                              attempts=8, last_error="relay refused")
+            session.add(dead)
+            session.flush()
+            task_id = str(dead.id)
+        attachment = caller.client.post(
+            f"/api/v1/tickets/{ticket['id']}/attachments",
+            headers={"Authorization": f"Bearer {caller.token}"},
+            **Multipart({"file": (b"hello\n", "hello.txt")}).encode(),
+        )
+        assert attachment.status_code == 201, attachment.get_json()
         tickets[name] = admin.get(f"/api/v1/tickets/{ticket['id']}").get_json()
         objects[name] = {
+            "attachment_id": attachment.get_json()["id"],
             "ref": ticket["id"],
             "user_id": caller.id,
             "token_id": token_id,
+            "task_id": task_id,
             "message_id": message_id,
             "tag": "matrix",
             "key": "source",  # metadata key; custom-field rules get "tier"
@@ -331,7 +382,10 @@ def fill(rule: str, params: Mapping[str, str]) -> str:
 
 def call(client, method: str, path: str, token: str | None, body: Any) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    kwargs = {} if body is None else {"json": body}
+    if isinstance(body, Multipart):
+        kwargs = body.encode()
+    else:
+        kwargs = {} if body is None else {"json": body}
     return client.open(path, method=method, headers=headers, **kwargs)
 
 
@@ -343,6 +397,7 @@ def fingerprint(db) -> dict[str, Any]:
         "tags": "SELECT ticket_id, tag FROM ticket_tags ORDER BY 1, 2",
         "metadata": "SELECT ticket_id, key, value FROM ticket_metadata ORDER BY 1, 2",
         "messages": "SELECT id, ticket_id, kind FROM messages ORDER BY id",
+        "attachments": "SELECT id, ticket_id, sha256 FROM attachments ORDER BY id",
         "users": "SELECT id, email, role, name, active, slack_user_id FROM users ORDER BY id",
         "tokens": "SELECT id, user_id, revoked_at FROM api_tokens ORDER BY id",
         "custom_fields": "SELECT key, label, type, options::text, required, deleted_at "
@@ -380,6 +435,7 @@ def test_authorization_matrix(client, admin, db, world, rule, method, expect, pr
     is_customer = principal in ("customer_a", "customer_b", "owner")
     make_body = BODIES.get((rule, method))
     body = make_body(is_customer, world.callers[victim].email) if make_body else None
+    body = UPLOADS.get((rule, method), body)
 
     before = fingerprint(db)
     response = call(client, method, path, token_of(principal, world), body)

@@ -126,6 +126,7 @@ def serving(tmp_path: Path, command: str = "serve", **settings: str) -> Iterator
     """Start ``supportgate <command>`` on a free port and wait until /healthz answers."""
     port = free_port()
     settings.setdefault("smtp_port", str(free_port()))
+    settings.setdefault("events_port", str(free_port()))
     env = clean_env(tmp_path, api_port=str(port), **settings)
     log = tmp_path / f"{command}-{port}.log"
     with log.open("wb") as sink:
@@ -456,3 +457,22 @@ def test_serve_turns_mail_into_tickets_and_answers_through_the_relay(tmp_path: P
             assert server.stop(signal.SIGTERM) == 0, server.output()
     finally:
         relay.stop()
+
+
+@pytest.mark.parametrize(
+    ("imap_url", "needle"),
+    [
+        ("ftp://u:secret@127.0.0.1/INBOX", "SUPPORTGATE_IMAP_URL"),
+        ("imap://u:secret@127.0.0.1:1/INBOX", "unreachable"),
+    ],
+)
+def test_imap_refuses_bad_configuration_in_one_line(tmp_path: Path, imap_url: str,
+                                                    needle: str) -> None:
+    done = run(tmp_path, "imap", imap_url=imap_url)
+    line = assert_one_line_failure(done, needle)
+    assert "secret" not in line
+
+
+def test_worker_needs_redis(tmp_path: Path) -> None:
+    done = run(tmp_path, "worker")
+    assert_one_line_failure(done, "SUPPORTGATE_REDIS_URL")

@@ -68,6 +68,8 @@ def readyz() -> Response:
     }
     if settings.redis_url:
         probes["redis"] = lambda: _check_redis(settings.redis_url)
+    if settings.storage_backend != "local":
+        probes["attachment_storage"] = current_app.extensions["supportgate"].files.storage.check
     for name, probe in probes.items():
         try:
             probe()

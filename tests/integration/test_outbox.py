@@ -1,0 +1,217 @@
+"""The outbox state machine, the dead-letter list and its replay, the sweeper,
+the relay, and the Celery settings that make kill -9 survivable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from gateway.config import Settings
+from gateway.db import utcnow
+from gateway.events import OutboxTask, enqueue
+from workers.celery_app import ALL_QUEUES, VISIBILITY_TIMEOUT, make_celery, queue_for
+from workers.inprocess import TaskRunner
+from workers.outbox import claim, run_task, sweep
+from workers.queue import Relay
+
+
+def add_task(db, kind="email.send", key="k1", payload=None):
+    with db.transaction() as s:
+        task = enqueue(s, kind, key, payload or {"n": 1})
+        s.flush()
+        return task.id
+
+
+def state_of(db, task_id):
+    with db.transaction() as s:
+        return s.get(OutboxTask, task_id)
+
+
+def test_celery_settings_survive_kill_9_and_keep_to_our_queues(settings):
+    app = make_celery(
+        Settings(**{**settings.model_dump(), "redis_url": "redis://h:6379/0"}, _env_file=None)
+    )
+    conf = app.conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.task_time_limit < conf.broker_transport_options["visibility_timeout"]
+    assert conf.broker_transport_options["visibility_timeout"] == VISIBILITY_TIMEOUT
+    assert conf.broker_url == "redis://h:6379/11"  # our own database, never db 0
+    assert conf.task_default_queue.startswith("supportgate.")
+    assert all(q.startswith("supportgate.") for q in ALL_QUEUES)
+    assert "celery" not in ALL_QUEUES
+    assert queue_for("inbound.ingest") == "supportgate.ingest"
+    assert {
+        "supportgate.run",
+        "supportgate.ingest",
+        "supportgate.mail",
+        "supportgate.sweep",
+        "supportgate.maintenance",
+    } <= set(app.tasks)
+
+
+def test_failing_task_backs_off_then_is_dead_lettered_and_replayed(db, admin):
+    calls = []
+
+    def flaky(payload):
+        calls.append(payload)
+        raise RuntimeError("relay down")
+
+    task_id = add_task(db)
+    for attempt in range(1, 4):
+        assert run_task(db, {"email.send": flaky}, task_id, max_attempts=3) in ("pending", "dead")
+        row = state_of(db, task_id)
+        assert row.attempts == attempt
+        if attempt < 3:
+            assert row.state == "pending"
+            assert row.available_at > utcnow()  # backoff, in the database
+            with db.transaction() as s:
+                s.execute(update(OutboxTask).values(available_at=utcnow()))
+    assert state_of(db, task_id).state == "dead"
+    assert state_of(db, task_id).last_error == "RuntimeError: relay down"
+
+    listed = admin.get("/api/v1/admin/failed-tasks").get_json()["items"]
+    assert [t["id"] for t in listed] == [str(task_id)]
+    assert listed[0]["last_error"] == "RuntimeError: relay down"
+    r = admin.post(f"/api/v1/admin/failed-tasks/{task_id}/retry")
+    assert r.status_code == 200
+    assert r.get_json()["state"] == "pending" and r.get_json()["attempts"] == 0
+    assert admin.post(f"/api/v1/admin/failed-tasks/{task_id}/retry").status_code == 409
+    assert admin.get("/api/v1/admin/failed-tasks").get_json()["items"] == []
+    ran = []
+    assert run_task(db, {"email.send": ran.append}, task_id) == "done"
+    assert ran == [{"n": 1}]
+
+
+def test_a_task_runs_once_however_often_it_is_delivered(db):
+    task_id = add_task(db)
+    ran = []
+    assert run_task(db, {"email.send": ran.append}, task_id) == "done"
+    assert run_task(db, {"email.send": ran.append}, task_id) == "skipped"
+    assert claim(db, task_id) is None
+    assert len(ran) == 1
+
+
+def test_sweeper_hands_back_work_of_a_dead_worker(db):
+    running, queued, fresh = add_task(db, key="a"), add_task(db, key="b"), add_task(db, key="c")
+    old = utcnow() - timedelta(minutes=10)
+    with db.transaction() as s:
+        s.execute(
+            update(OutboxTask)
+            .where(OutboxTask.id == running)
+            .values(state="running", updated_at=old)
+        )
+        s.execute(
+            update(OutboxTask).where(OutboxTask.id == queued).values(state="queued", updated_at=old)
+        )
+        s.execute(update(OutboxTask).where(OutboxTask.id == fresh).values(state="running"))
+    assert sweep(db, timedelta(minutes=5)) == 2
+    assert state_of(db, running).state == "pending"
+    assert state_of(db, queued).state == "pending"
+    assert state_of(db, fresh).state == "running"  # still within its time
+
+
+class FakePublisher:
+    """Records what the relay publishes (the Celery publisher's interface)."""
+
+    def __init__(self, fail=False):
+        self.published = []
+        self.fail = fail
+
+    def publish(self, rows):
+        if self.fail:
+            raise ConnectionError("redis away")
+        self.published += rows
+
+
+def test_relay_publishes_due_rows_once_and_hands_back_on_failure(db):
+    task_id = add_task(db, kind="inbound.ingest", payload={"inbound_id": "x"})
+    with db.transaction() as s:  # older than the producer's own fast path
+        s.execute(update(OutboxTask).values(updated_at=utcnow() - timedelta(minutes=1)))
+    broken = FakePublisher(fail=True)
+    with pytest.raises(ConnectionError):
+        Relay(db, broken).run_once()
+    assert state_of(db, task_id).state == "pending"
+    with db.transaction() as s:
+        s.execute(update(OutboxTask).values(updated_at=utcnow() - timedelta(minutes=1)))
+    publisher = FakePublisher()
+    relay = Relay(db, publisher)
+    assert relay.run_once() == 1
+    assert relay.run_once() == 0
+    assert publisher.published == [(task_id, "inbound.ingest")]
+    assert state_of(db, task_id).state == "queued"
+
+
+def test_in_process_runner_shares_the_rules(db):
+    ids = [add_task(db, key=str(i)) for i in range(5)]
+    ran = []
+    runner = TaskRunner(db, {"email.send": ran.append})
+    runner.drain()
+    assert len(ran) == 5
+    with db.transaction() as s:
+        assert set(s.scalars(select(OutboxTask.state).where(OutboxTask.id.in_(ids)))) == {"done"}
+
+
+def test_api_hands_committed_tasks_to_celery_at_once(settings, db, pg_url, make_caller):
+    """With Redis, an agent's reply reaches the mail queue right after its commit."""
+    import json
+
+    import redis as redis_lib
+
+    from gateway.config import Settings as S
+    from web.app import create_app
+
+    queue_db = 14
+    client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
+    client.delete("supportgate.mail")
+    with_redis = S(**{**settings.model_dump(), "redis_url": "redis://127.0.0.1:6379/0",
+                      "celery_redis_db": queue_db, "database_url": pg_url}, _env_file=None)
+    app = create_app(with_redis)  # its own Database, so the publisher is installed
+    try:
+        agent = make_caller("agent")
+        headers = {"Authorization": f"Bearer {agent.token}"}
+        api = app.test_client()
+        ticket = api.post("/api/v1/tickets", headers=headers,
+                          json={"title": "x", "customer_email": "c@example.org"}).get_json()
+        r = api.post(f"/api/v1/tickets/{ticket['id']}/messages", headers=headers,
+                     json={"body": "hello"})
+        assert r.status_code == 201
+        messages = [json.loads(m) for m in client.lrange("supportgate.mail", 0, -1)]
+        assert [m["headers"]["task"] for m in messages] == ["supportgate.mail"]
+        with db.transaction() as s:
+            task_id = s.scalar(select(OutboxTask.id).where(OutboxTask.kind == "email.reply"))
+        assert messages[0]["headers"]["argsrepr"] == repr([str(task_id)])
+    finally:
+        client.delete("supportgate.mail")
+        client.close()
+        app.extensions["supportgate"].db.dispose()
+
+
+def test_send_interrupted_mid_relay_is_dead_lettered_not_resent(mail_server, db, relay, admin):
+    """A retry that finds a mail 'sending' does not send it blindly again."""
+    from gateway.outbound.models import OutboundMail
+    from tests.integration.conftest import make_mail
+
+    mail_server.send(make_mail())
+    runner = mail_server.runner
+    all_handlers = runner.handlers
+    runner.handlers = {k: v for k, v in all_handlers.items() if k != "email.send"}
+    runner.drain()  # ingested; the acknowledgment is composed but held back
+    with db.transaction() as s:
+        s.execute(update(OutboundMail).values(state="sending"))  # as if killed mid-send
+    runner.handlers = all_handlers
+    runner.drain()
+    assert relay[0].messages == []
+    with db.transaction() as s:
+        assert s.scalar(select(OutboundMail.state)) == "uncertain"
+    [dead] = admin.get("/api/v1/admin/failed-tasks").get_json()["items"]
+    assert "uncertain" in dead["last_error"]
+    assert admin.post(f"/api/v1/admin/failed-tasks/{dead['id']}/retry").status_code == 200
+    runner.drain()
+    assert len(relay[0].messages) == 1
+    with db.transaction() as s:
+        assert s.scalar(select(OutboundMail.state)) == "sent"
