@@ -488,7 +488,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
         "",
         f"`supportgate events` with {args.events_workers} worker process(es) "
         f"(PostgreSQL + Redis; linger 100 ms, heartbeat 10 s; RSS and CPU are summed over "
-        f"the workers); N SSE subscribers on 127.0.0.1 over "
+        f"the relay process and the workers); N SSE subscribers on 127.0.0.1 over "
         f"{args.client_procs} client processes; a writer making {args.rate:g} ticket changes/s "
         f"for {args.duration:g} s through the domain services. Latency is from the writer's "
         f"commit to a subscriber reading the event, over every (event, subscriber) pair. "

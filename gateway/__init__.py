@@ -12,6 +12,8 @@ transaction.
     db.py              engine/session factory, declarative base, UTC timestamps
     permissions.py     Principal and every "may X do Y" decision
     events.py          outbox rows for live events and side effects
+    stream.py          the live event stream: positions in commit order, replay reads
+    stream_grants.py   short-lived credentials for the API's redirect to the stream
     users/             users and API tokens
     tickets/           tickets, workflow, listing, audit history
     conversations/     messages, rendering (markdown, sanitised HTML)

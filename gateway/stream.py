@@ -8,7 +8,7 @@ order, so seq 11 can become visible before seq 10. A reader that resumed
 
 So the stream has its own numbering, ``Event.position``, given by the relay:
 
-    relay pass -- one at a time: a PostgreSQL session advisory lock
+    relay pass -- one at a time: a PostgreSQL transaction advisory lock
                   (RELAY_LOCK), SQLite's single writer (BEGIN IMMEDIATE)
       base  = max(position)                              -- committed positions
       rows  = events without a position, ordered by seq  -- only committed rows
