@@ -7,10 +7,12 @@ command with one actionable line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NoReturn
@@ -317,7 +319,7 @@ def tasks() -> None:
 @click.option("--beat/--no-beat", default=True, help="also run the schedule (sweeper, maintenance)")
 def worker(concurrency: int | None, beat: bool) -> None:
     """A Celery worker on SUPPORTGATE_REDIS_URL, with the outbox relay (and the schedule)."""
-    from celery.signals import worker_process_init
+    from celery.signals import worker_process_init, worker_shutting_down
 
     from gateway.db import Database
     from workers.celery_app import ALL_QUEUES, make_celery
@@ -361,12 +363,31 @@ def worker(concurrency: int | None, beat: bool) -> None:
     ]
     if beat:
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+    own_argv, started = list(sys.argv[1:]), time.monotonic()
+    asked_to_stop = threading.Event()
+
+    @worker_shutting_down.connect(weak=False)
+    def _on_signal(**_: Any) -> None:
+        asked_to_stop.set()
+
     try:
-        app.worker_main(argv)
+        app.start(argv)
     finally:
         stop.set()
         relay.join(10)
         relay_db.dispose()
+    if not asked_to_stop.is_set():
+        # Celery gave up by itself: some broker faults end in "Unrecoverable error"
+        # (Redis going away while a message is unacknowledged). Our queue is the
+        # outbox, so nothing is lost; start afresh in the same process (same pid for
+        # a supervisor), ever more slowly if it keeps happening.
+        stable = time.monotonic() - started > 60
+        restarts = 1 if stable else int(os.environ.get("SUPPORTGATE_WORKER_RESTARTS", "0")) + 1
+        delay = min(30.0, 0.5 * 2 ** min(restarts, 6))
+        click.echo(f"supportgate: the Celery worker stopped; restarting in {delay:.1f} s", err=True)
+        time.sleep(delay)
+        os.environ["SUPPORTGATE_WORKER_RESTARTS"] = str(restarts)
+        os.execv(sys.executable, [sys.executable, "-m", "web.cli", *own_argv])  # noqa: S606
 
 
 @main.command()
