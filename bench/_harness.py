@@ -254,9 +254,14 @@ _PG_TITLE = re.compile(
 
 def _machine_ticks() -> int:
     """Ticks all CPUs ran anything (user nice system irq softirq), idle/iowait/steal excluded."""
+    return _stat()[0]
+
+
+def _stat() -> tuple[int, int]:
+    """(busy, steal) ticks of all CPUs: user nice system idle iowait irq softirq steal."""
     with open("/proc/stat") as fh:
         cpu = [int(x) for x in fh.readline().split()[1:9]]
-    return sum(cpu) - cpu[3] - cpu[4] - cpu[7]
+    return sum(cpu) - cpu[3] - cpu[4] - cpu[7], cpu[7]
 
 
 @dataclass
@@ -264,6 +269,7 @@ class CpuSnapshot:
     groups: dict[str, dict[int, int]]
     machine: int
     at: float
+    steal: int = 0  # ticks the hypervisor gave to other guests: a noisy host
 
 
 def cpu_snapshot(groups: dict[str, Iterable[int]], dbname: str) -> CpuSnapshot:
@@ -289,7 +295,8 @@ def cpu_snapshot(groups: dict[str, Iterable[int]], dbname: str) -> CpuSnapshot:
                     out["postgres"][int(entry.name)] = ticks
         except (OSError, ValueError, IndexError):
             continue
-    return CpuSnapshot(out, _machine_ticks(), time.monotonic())
+    busy, steal = _stat()
+    return CpuSnapshot(out, busy, time.monotonic(), steal)
 
 
 def cpu_cores(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
@@ -301,6 +308,7 @@ def cpu_cores(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
         cores[name] = sum(t - prev.get(pid, 0) for pid, t in pids.items()) / _CLK / seconds
     machine = (after.machine - before.machine) / _CLK / seconds
     cores["other"] = max(0.0, machine - sum(cores.values()))
+    cores["steal"] = (after.steal - before.steal) / _CLK / seconds
     return cores
 
 

@@ -310,6 +310,9 @@ async def _client_run(spec: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": [round((s[4] - s[1]) * 1000, 3) for s in samples],
         "after_data_ms": [round((s[4] - s[3]) * 1000, 3) for s in samples],
         "late_ms": [round(max(0.0, s[2] - s[1]) * 1000, 3) for s in samples],
+        # When each message was due (or started), in ms from the run's start: for timelines.
+        "at_ms": [round((s[1] - t0) * 1000, 1) for s in samples],
+        "t0": t0,
     }
 
 
@@ -416,6 +419,31 @@ class Phase:
     cpu_accept: dict[str, float] = field(default_factory=dict)
     cpu_e2e: dict[str, float] = field(default_factory=dict)
     other_before: float = math.nan
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+
+def timeline(
+    result: dict[str, Any], probes: list[tuple[float, float]], seconds: float
+) -> list[dict[str, Any]]:
+    """Per second of the run: messages, p50/max time to 250, and the longest probe commit."""
+    t0 = result["t0"]
+    buckets: dict[int, list[float]] = {}
+    for at, ms in zip(result["at_ms"], result["latency_ms"], strict=True):
+        buckets.setdefault(int(at // 1000), []).append(ms)
+    out = []
+    for second in range(int(seconds) + 1):
+        lat = buckets.get(second, [])
+        commits = [ms for at, ms in probes if second <= at - t0 < second + 1]
+        out.append(
+            {
+                "second": second,
+                "messages": len(lat),
+                "p50_ms": round(percentile(lat, 50), 1) if lat else None,
+                "max_ms": round(max(lat), 1) if lat else 0.0,
+                "probe_commit_max_ms": round(max(commits), 1) if commits else None,
+            }
+        )
+    return out
 
 
 def with_client(
@@ -497,6 +525,7 @@ class Bench:
         snap0 = cpu_snapshot(groups, self.dbname)
         go.touch()
         series: list[tuple[float, int]] = []
+        probes: list[tuple[float, float]] = []
         deadline = time.monotonic() + self.args.phase_timeout
         snap1: CpuSnapshot | None = None
         target = base + phase.count
@@ -504,6 +533,10 @@ class Bench:
             now = time.time()
             if poll_tickets:
                 series.append((now, self.tickets()))
+                if len(series) % 5 == 1:  # every ~100 ms: how long does a tiny commit take?
+                    started = time.perf_counter()
+                    self.pg.execute("INSERT INTO bench_probe VALUES (now())")
+                    probes.append((now, (time.perf_counter() - started) * 1000))
             if snap1 is None and not client.alive():
                 snap1 = cpu_snapshot(groups, self.dbname)
                 if client.returncode() != 0 or not result_path.exists():
@@ -545,6 +578,15 @@ class Bench:
             phase.e2e_per_s = phase.accepted / phase.e2e_seconds
             phase.e2e_mib_s = result["accepted_bytes"] / MIB / phase.e2e_seconds
             phase.cpu_e2e = with_client(cpu_cores(snap0, snap2), result, snap2.at - snap0.at)
+            phase.timeline = timeline(result, probes, phase.accept_seconds)
+            worst = max(phase.timeline, key=lambda b: b["max_ms"], default=None)
+            if worst is not None:
+                log(
+                    f"  worst second: {worst['second']} s in, {worst['messages']} messages, max "
+                    f"{worst['max_ms']} ms to 250; a probe commit took at most "
+                    f"{worst['probe_commit_max_ms']} ms then "
+                    f"(at most {max(ms for _, ms in probes):.1f} ms in the run)"
+                )
         return result
 
     def settle(self, first_byte: float | None = None) -> float:
@@ -564,7 +606,11 @@ class Bench:
             warm = Phase("warmup", mode, self.args.size, self.args.warmup)
             self.run_client(warm, port, poll_tickets=False, measure=False)
             for phase in phases:
-                log(f"{phase.name}: {phase.count} x {phase.size:,} B, {self.args.clients} clients")
+                load = f" at {phase.rate:.1f}/s" if phase.rate else ""
+                log(
+                    f"{phase.name}: {phase.count} x {phase.size:,} B, {self.args.clients} "
+                    f"clients{load}"
+                )
                 self.run_client(phase, port, poll_tickets=False)
                 log(
                     f"  {fmt(phase.accept_per_s)} 250/s, p50 {fmt(phase.p50_ms, 2)} ms, "
@@ -639,6 +685,7 @@ class Bench:
             **relay_group,
         }
         self.pg = psycopg.connect(conninfo(args.database_url), autocommit=True)
+        self.pg.execute("CREATE TABLE IF NOT EXISTS bench_probe (at timestamptz)")
         try:
             warm = Phase("warmup", "supportgate", args.size, args.warmup)
             self.run_client(warm, smtp_port, poll_tickets=True, measure=False)
@@ -708,6 +755,7 @@ class Bench:
                 "--rate",
                 "200",
                 "--nonblocking",
+                "--gil",  # only threads holding the GIL: where the Python CPU goes
                 "--format",
                 "raw",
                 "-o",
@@ -741,7 +789,7 @@ class Bench:
 
 
 def _cpu(c: dict[str, float]) -> str:
-    keys = ("client", "server", "workers", "postgres", "redis", "relay", "other")
+    keys = ("client", "server", "workers", "postgres", "redis", "relay", "other", "steal")
     return " / ".join(fmt(c[k], 2) if k in c else "-" for k in keys)
 
 
@@ -750,7 +798,7 @@ def render(phases: list[Phase], checks: list[tuple[str, bool, str]]) -> str:
         "| run | messages | mean size | 250/s | MiB/s to 250 | p50 ms | p99 ms | max ms "
         "| tickets/s e2e | MiB/s e2e | all acks sent (s) "
         "| CPU cores until the last 250: client / server / workers / PG / redis / relay sink "
-        "/ other | CPU cores until the last ticket (same order) |",
+        "/ other / steal | CPU cores until the last ticket (same order) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for p in phases:
@@ -768,29 +816,38 @@ def render(phases: list[Phase], checks: list[tuple[str, bool, str]]) -> str:
 
 
 def evaluate(by: dict[str, Phase]) -> list[tuple[str, bool, str]]:
-    bare, fsync, full, half = by["bare 4K"], by["fsync 4K"], by["supportgate 4K"], by["half"]
+    full, half = by["supportgate 4K"], by["half"]
     checks = []
-    ratio = full.accept_per_s / fsync.accept_per_s
-    checks.append(
-        (
-            f"Supportgate 250/s >= {MIN_ACCEPT_RATIO:.0%} of the fsync sink's",
-            ratio >= MIN_ACCEPT_RATIO,
-            f"{fmt(full.accept_per_s)} / {fmt(fsync.accept_per_s)} = {ratio:.0%}",
+    if "fsync 4K" in by:
+        fsync = by["fsync 4K"]
+        ratio = full.accept_per_s / fsync.accept_per_s
+        checks.append(
+            (
+                f"Supportgate 250/s >= {MIN_ACCEPT_RATIO:.0%} of the fsync sink's",
+                ratio >= MIN_ACCEPT_RATIO,
+                f"{fmt(full.accept_per_s)} / {fmt(fsync.accept_per_s)} = {ratio:.0%}",
+            )
         )
-    )
-    ratio = full.e2e_per_s / bare.accept_per_s
-    checks.append(
-        (
-            f"Supportgate tickets/s end to end >= {MIN_E2E_RATIO:.0%} of the bare sink's 250/s",
-            ratio >= MIN_E2E_RATIO,
-            f"{fmt(full.e2e_per_s)} / {fmt(bare.accept_per_s)} = {ratio:.0%}",
+    if "bare 4K" in by:
+        bare = by["bare 4K"]
+        ratio = full.e2e_per_s / bare.accept_per_s
+        checks.append(
+            (
+                f"Supportgate tickets/s end to end >= {MIN_E2E_RATIO:.0%} of the bare sink's 250/s",
+                ratio >= MIN_E2E_RATIO,
+                f"{fmt(full.e2e_per_s)} / {fmt(bare.accept_per_s)} = {ratio:.1%}",
+            )
         )
-    )
     checks.append(
         (
             f"p99 time to 250 at half load < {MAX_HALF_LOAD_P99_MS:.0f} ms",
             half.p99_ms < MAX_HALF_LOAD_P99_MS,
-            f"{fmt(half.p99_ms, 2)} ms at {half.rate:.0f}/s (p50 {fmt(half.p50_ms, 2)} ms)",
+            f"{fmt(half.p99_ms, 2)} ms at {half.rate:.0f}/s (p50 {fmt(half.p50_ms, 2)} ms)"
+            + (
+                f"; fsync sink at that rate: p99 {fmt(by['fsync 4K half load'].p99_ms, 2)} ms"
+                if "fsync 4K half load" in by
+                else ""
+            ),
         )
     )
     big = by.get("supportgate 1M")
@@ -841,6 +898,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--worker-concurrency", type=int, default=2, help="supportgate worker --concurrency (2)"
     )
     p.add_argument(
+        "--skip-baselines",
+        action="store_true",
+        help="only Supportgate (for quick iterations; the ratio targets are then not checked)",
+    )
+    p.add_argument(
         "--worker-nice",
         type=int,
         default=0,
@@ -876,7 +938,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="after the measured runs, one more full-load run with py-spy attached "
-        "to the SMTP server and the workers (collapsed stacks in --out)",
+        "to the SMTP server and the workers (py-spy --gil; collapsed stacks, summary in --out)",
     )
     p.add_argument(
         "--py-spy", default=None, help="path of py-spy (default: on PATH or in the venv)"
@@ -943,7 +1005,7 @@ def _main(args: argparse.Namespace, procs: Procs) -> int:
 
     big_on = args.big_messages > 0
     started = time.time()
-    for mode in ("bare", "fsync"):
+    for mode in () if args.skip_baselines else ("bare", "fsync"):
         runs = [phase(f"{mode} 4K", mode, args.size, args.messages)]
         if big_on:
             runs.append(phase(f"{mode} 1M", mode, args.big_size, args.big_messages))
@@ -955,6 +1017,12 @@ def _main(args: argparse.Namespace, procs: Procs) -> int:
     )
     checks_db = bench.product(full, half, big)
     half.name = "supportgate 4K half load"
+    if not args.skip_baselines:
+        # The durable-accept floor of this disk at the same offered load: the fsync sink,
+        # rate-limited at Supportgate's half-load rate for as long.
+        same = phase("fsync 4K half load", "fsync", args.size, half.count)
+        same.rate = half.rate
+        bench.baseline("fsync", [same])
     by_name = {p.name: p for p in phases.values()}
     by_name["half"] = half
     checks = evaluate(by_name)

@@ -442,7 +442,7 @@ class Bench:
 
         out = self.out / f"profile-ingest-x{processes}.txt"
         argv = [spy, "record", "--pid", str(worker.pid), "--subprocesses", "--rate", "200",
-                "--nonblocking", "--format", "raw", "-o", str(out)]  # fmt: skip
+                "--nonblocking", "--gil", "--format", "raw", "-o", str(out)]  # fmt: skip
         spy_proc = self.procs.start(Proc("py-spy", argv, dict(os.environ), self.out / "py-spy.log"))
         time.sleep(1.0)
         burst = keys(self.args.ingest_tasks)
@@ -468,7 +468,7 @@ class Bench:
 
 
 def _cpu(c: dict[str, float]) -> str:
-    keys = ("workers", "postgres", "redis", "relay", "bench", "other")
+    keys = ("workers", "postgres", "redis", "relay", "bench", "other", "steal")
     return " / ".join(fmt(c[k], 2) if k in c else "-" for k in keys)
 
 
@@ -476,7 +476,8 @@ def render(results: list[Result], checks: list[tuple[str, bool, str]]) -> str:
     lines = [
         "| task | worker processes | burst tasks | tasks/s | all tasks/s (with acks) "
         "| service p50 / p99 ms | paced at /s | enqueue→start p50 ms | p90 ms | p99 ms | max ms "
-        "| duplicate runs | burst CPU cores: workers / PG / redis / relay sink / bench / other |",
+        "| duplicate runs | burst CPU cores: workers / PG / redis / relay sink / bench / other "
+        "/ steal |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
@@ -563,7 +564,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="after each ingest measurement, an extra burst with py-spy on the worker",
+        help="after each ingest measurement, an extra burst with py-spy --gil on the worker "
+        "(collapsed stacks and a summary in --out)",
     )
     p.add_argument("--py-spy", default=None, help="path of py-spy (default: PATH or the venv)")
     p.add_argument("--keep", action="store_true", help="keep the database afterwards")
