@@ -34,3 +34,21 @@ def test_sqlite_schema_matches_models(tmp_path):
 
 def test_postgres_schema_matches_models(pg_url):
     assert _diff(pg_url) == []
+
+
+def test_postgres_has_metadata_statistics(pg_url):
+    """The planner's frequencies for metadata.<key>=<value> lists (migration 0007)."""
+    from sqlalchemy import text
+
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_statistic_ext "
+                    "WHERE stxname = 'st_ticket_metadata_key_value'"
+                )
+            )
+    finally:
+        engine.dispose()
+    assert found == 1
