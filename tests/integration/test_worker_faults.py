@@ -420,3 +420,30 @@ def test_database_connections_cut_and_database_away(harness):
     assert stream.codes[451] > 0
     harness.settle(stream.accepted)
     harness.check_exactly_once(stream.accepted)
+
+
+def test_worker_restarts_when_celery_gives_up(harness):
+    """Celery ends by itself on some broker faults ("Unrecoverable error" when Redis goes away
+    with a message unacknowledged, a kombu bug); `supportgate worker` then starts afresh in
+    the same process instead of leaving the queue unserved. A remote `shutdown` ends Celery
+    the same way (no signal to the process) and makes the case reproducible."""
+    from gateway.config import load_settings
+    from workers.celery_app import make_celery
+
+    app = make_celery(
+        load_settings(redis_url=harness.env["SUPPORTGATE_REDIS_URL"], database_url=harness.url),
+        with_tasks=False,
+    )
+    pid = harness.worker.process.pid
+    time.sleep(3)  # the worker is consuming
+    app.control.broadcast("shutdown")
+    deadline = time.monotonic() + 60
+    while b"restarting in" not in harness.worker.log.read_bytes():
+        assert time.monotonic() < deadline, "the worker did not restart"
+        assert harness.worker.process.poll() is None, "the worker exited"
+        time.sleep(0.2)
+    with Stream(harness.smtp_port) as stream:
+        time.sleep(3)
+    harness.settle(stream.accepted)
+    harness.check_exactly_once(stream.accepted)
+    assert harness.worker.process.poll() is None and harness.worker.process.pid == pid
