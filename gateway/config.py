@@ -100,11 +100,13 @@ class Settings(BaseSettings):
     storage_grace_seconds: Annotated[int, Field(ge=0)] = 900
     outbound_smtp_url: str | None = None
     imap_url: str | None = None
-    slack_bot_token: str | None = None
-    slack_signing_secret: str | None = None
+    # Slack (docs/slack.md): the bot token and the channel turn it on; HTTP mode
+    # also needs the signing secret, Socket Mode the app-level token instead.
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
     slack_channel: str | None = None
     slack_api_url: str = "https://slack.com/api/"
-    slack_app_token: str | None = None
+    slack_app_token: SecretStr | None = None
     # Requests per minute per API token, and failed authentications per minute
     # per client address; 0 turns a limit off.
     rate_limit_per_minute: Annotated[int, Field(ge=0)] = 1200
@@ -118,7 +120,10 @@ class Settings(BaseSettings):
     # Seconds between runs of the deletion policy job in ``serve``; 0 = never.
     maintenance_interval: Annotated[int, Field(ge=0)] = 3600
     log_level: str = "INFO"
+    # Signs the web console's session cookie; unset = a key made once in the data dir.
     secret_key: str | None = None
+    # Send the console's cookie only over HTTPS (set it behind a TLS proxy).
+    session_cookie_secure: bool = False
 
     @field_validator("database_url")
     @classmethod
@@ -184,6 +189,48 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return value or None
+
+    @field_validator("slack_channel")
+    @classmethod
+    def _check_slack_channel(cls, value: str | None) -> str | None:
+        value = (value or "").strip().lstrip("#")
+        if not value:
+            return None
+        if not re.match(r"^[A-Za-z0-9._-]{1,80}$", value):
+            raise ValueError("must be a channel id like C0123456789 or a name like support")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _check_slack_api_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", value):
+            raise ValueError("must be an http(s) URL like https://slack.com/api/")
+        # slack-sdk joins method names onto the base URL: it must end with "/".
+        return value if value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _check_slack(self) -> Settings:
+        token, channel = self.slack_bot_token, self.slack_channel
+        if token and not channel:
+            raise ValueError(
+                "SUPPORTGATE_SLACK_CHANNEL is required when SUPPORTGATE_SLACK_BOT_TOKEN is set"
+            )
+        if (channel or self.slack_signing_secret or self.slack_app_token) and not token:
+            raise ValueError(
+                "SUPPORTGATE_SLACK_BOT_TOKEN (xoxb-…) is required when other "
+                "SUPPORTGATE_SLACK_* settings are set"
+            )
+        if token and not self.slack_signing_secret and not self.slack_app_token:
+            raise ValueError(
+                "SUPPORTGATE_SLACK_SIGNING_SECRET is required for Slack's HTTP events "
+                "(or set SUPPORTGATE_SLACK_APP_TOKEN for Socket Mode)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_s3(self) -> Settings:
         if self.storage_backend == "s3" and not self.s3_bucket:
@@ -197,6 +244,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'supportgate.db').resolve()}"
+
+    @property
+    def slack_enabled(self) -> bool:
+        """True when Slack is configured (a bot token and a channel; see _check_slack)."""
+        return self.slack_bot_token is not None and self.slack_channel is not None
 
     @property
     def embedded(self) -> bool:

@@ -12,6 +12,8 @@ causes them:
   detected rather than repeated blindly. ``idempotency_key`` is unique.
 
 Nothing here sends anything: that is the relay's and the workers' job.
+Other channels follow the domain through :func:`set_event_hook` (the Slack
+mirror turns events into ``slack.*`` tasks in the same transaction).
 """
 
 from __future__ import annotations
@@ -113,7 +115,31 @@ def record_event(
         created_at=at,
     )
     session.add(event)
+    for hook in session.info.get(EVENT_HOOKS, {}).values():
+        hook(session, event, ticket)
     return event
+
+
+EVENT_HOOKS = "supportgate.event_hooks"
+EventHook = Callable[[Session, Event, Any], None]
+
+
+def set_event_hook(sessions: sessionmaker[Session], name: str, hook: EventHook | None) -> None:
+    """Call ``hook(session, event, ticket)`` for every event recorded in sessions
+    made from now on (``None`` removes the hook of that name).
+
+    A hook runs inside the unit of work that records the event, so whatever it
+    adds (outbox rows for another channel, say) commits or rolls back with the
+    change. It must not commit, and its errors fail the unit of work.
+    """
+    info = dict(sessions.kw.get("info") or {})
+    hooks = dict(info.get(EVENT_HOOKS) or {})
+    if hook is None:
+        hooks.pop(name, None)
+    else:
+        hooks[name] = hook
+    info[EVENT_HOOKS] = hooks
+    sessions.configure(info=info)
 
 
 def enqueue(session: Session, kind: str, key: str, payload: dict[str, Any]) -> OutboxTask:

@@ -9,6 +9,7 @@ from gateway.inbound.models import ImapCheckpoint, InboundMail, TicketParticipan
 from gateway.metadata.models import CustomFieldDefinition, TicketMetadata
 from gateway.outbound.models import OutboundMail
 from gateway.policies.models import DeletionPolicy
+from gateway.slack.models import SlackEvent, SlackPost, SlackThread, SlackUser
 from gateway.tickets.models import Ticket, TicketHistory, TicketTag
 from gateway.users.models import ApiToken, User
 
@@ -25,6 +26,10 @@ __all__ = [
     "Message",
     "OutboundMail",
     "OutboxTask",
+    "SlackEvent",
+    "SlackPost",
+    "SlackThread",
+    "SlackUser",
     "Ticket",
     "TicketHistory",
     "TicketMetadata",

@@ -39,6 +39,20 @@ def issue_grant(session: Session, bearer: str, *, now: float | None = None) -> s
     token = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(bearer)))
     if token is None:
         raise Unauthorized("invalid token")
+    return _grant(token, now)
+
+
+def issue_grant_for_token(
+    session: Session, token_id: uuid.UUID, *, now: float | None = None
+) -> str:
+    """A grant for the token a console session was opened with (already checked)."""
+    token = session.get(ApiToken, token_id)
+    if token is None:
+        raise Unauthorized("invalid token")
+    return _grant(token, now)
+
+
+def _grant(token: ApiToken, now: float | None) -> str:
     expires = int(now if now is not None else time.time()) + GRANT_TTL
     return f"{token.id.hex}.{expires}.{_mac(token.token_hash, token.id, expires)}"
 

@@ -29,6 +29,7 @@ from web.app import create_app
 PG_SERVER = os.environ.get("SUPPORTGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = (
+    "slack_events, slack_posts, slack_threads, slack_users, "
     "outbound_mail, inbound_mail, imap_checkpoints, ticket_participants, "
     "audit_log, events, outbox_tasks, ticket_history, attachments, messages, ticket_metadata, "
     "ticket_tags, tickets, api_tokens, users, custom_field_definitions, deletion_policy"

@@ -8,10 +8,15 @@ blueprints; nothing is read from the environment at import time.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, g, request
 
@@ -19,7 +24,7 @@ from gateway.attachments.services import Files
 from gateway.config import Settings, load_settings
 from gateway.db import Database
 from gateway.events import watch_outbox
-from web.auth import RateLimits
+from web.auth import SESSION_COOKIE, RateLimits
 from web.errors import register_error_handlers
 from web.logging import configure_logging
 from web.metrics import REQUEST_LATENCY, REQUESTS
@@ -34,6 +39,8 @@ class AppContext:
     db: Database
     limits: RateLimits
     files: Files
+    # The bolt app behind POST /slack/events; None while Slack is off.
+    slack: Any = None
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
@@ -55,6 +62,14 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
                 database.sessions, CeleryPublisher(make_publisher_app(settings)).after_commit
             )
     db = database
+    from gateway.slack.mirror import install_mirror
+
+    install_mirror(db.sessions, settings.slack_channel if settings.slack_enabled else None)
+    slack = None
+    if settings.slack_enabled and settings.slack_signing_secret is not None:
+        from adapters.slack.app import build_bolt_app
+
+        slack = build_bolt_app(settings, db)
     app.extensions["supportgate"] = AppContext(
         settings=settings,
         db=db,
@@ -62,6 +77,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             settings.redis_url, settings.rate_limit_per_minute, settings.auth_failures_per_minute
         ),
         files=Files.from_settings(settings),
+        slack=slack,
     )
 
     @app.before_request
@@ -108,4 +124,42 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         app.register_blueprint(bp, url_prefix="/api/v1")
     app.register_blueprint(attachments_bp, url_prefix="/api/v1")
     app.register_blueprint(events_bp, url_prefix="/api/v1")
+    from web.slack import bp as slack_bp
+
+    app.register_blueprint(slack_bp)
+    from web.console import bp as console_bp
+
+    app.secret_key = _secret_key(settings)
+    app.config.update(
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+    )
+    app.register_blueprint(console_bp, url_prefix="/console")
     return app
+
+
+def _secret_key(settings: Settings) -> str:
+    """SUPPORTGATE_SECRET_KEY, else a key made once and kept in the data dir (0600),
+    shared by every process of one installation."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.data_dir) / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it right now
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty: delete it or set SUPPORTGATE_SECRET_KEY") from None
+    key = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return key

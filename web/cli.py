@@ -166,7 +166,7 @@ def main() -> None:
 
 @main.command()
 def serve() -> None:
-    """Everything in one process tree: API, live events, SMTP, tasks (and IMAP if configured)."""
+    """Everything in one process tree: API, live events, SMTP, tasks (IMAP, Slack if configured)."""
     from web.supervisor import supervise
 
     settings = _settings()
@@ -182,6 +182,7 @@ def serve() -> None:
     _migrate(settings)
     parts = ["api", "events", "smtp", "worker" if settings.redis_url else "tasks"]
     parts += ["imap"] if settings.imap_url else []
+    parts += ["slack"] if settings.slack_enabled and settings.slack_app_token else []
     click.echo(
         f"supportgate: API on http://{settings.api_host}:{settings.api_port}, "
         f"live events on http://{settings.events_host}:{settings.events_port}/api/v1/events, "
@@ -408,6 +409,73 @@ def imap() -> None:
         _fail(exc.detail)
     configure_logging(settings.log_level)
     _serve_until_signal(lambda stop: run_poller(settings, stop))
+
+
+def _check_slack_tokens(settings: Settings) -> None:
+    """Socket Mode cannot do anything without Slack: check both tokens up front."""
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError
+
+    assert settings.slack_bot_token is not None and settings.slack_app_token is not None
+    client = WebClient(base_url=settings.slack_api_url, timeout=10, retry_handlers=[])
+    checks = (
+        ("SUPPORTGATE_SLACK_BOT_TOKEN", "auth.test", settings.slack_bot_token),
+        ("SUPPORTGATE_SLACK_APP_TOKEN", "apps.connections.open", settings.slack_app_token),
+    )
+    for name, method, secret in checks:
+        try:
+            token = secret.get_secret_value()
+            client.api_call(method, headers={"Authorization": f"Bearer {token}"})
+        except SlackApiError as exc:
+            _fail(f"Slack refused {name} ({method}: {exc.response.get('error')})")
+        except OSError as exc:
+            _fail(f"cannot reach Slack at SUPPORTGATE_SLACK_API_URL: {exc}")
+
+
+@main.command()
+def slack() -> None:
+    """Slack over Socket Mode (needs SUPPORTGATE_SLACK_APP_TOKEN; HTTP mode is part of `api`)."""
+    from gateway.db import Database
+
+    settings = _settings()
+    if not settings.slack_enabled:
+        _fail(
+            "Slack is not configured: set SUPPORTGATE_SLACK_BOT_TOKEN and "
+            "SUPPORTGATE_SLACK_CHANNEL (see docs/slack.md)"
+        )
+    if settings.slack_app_token is None:
+        _fail(
+            "SUPPORTGATE_SLACK_APP_TOKEN is not set: Socket Mode needs an app-level token "
+            "(xapp-…); without it Slack posts to POST /slack/events of `supportgate api`"
+        )
+    _prepare_storage(settings)
+    _check_database(settings)
+    _check_redis(settings)
+    _check_slack_tokens(settings)
+    configure_logging(settings.log_level)
+    database = Database(settings.effective_database_url, pool_size=4)
+    if settings.redis_url:
+        from gateway.events import watch_outbox
+        from workers.queue import CeleryPublisher, make_publisher_app
+
+        watch_outbox(database.sessions, CeleryPublisher(make_publisher_app(settings)).after_commit)
+
+    def run(stop: threading.Event) -> None:
+        from slack_sdk.errors import SlackApiError
+
+        from adapters.slack.socket_mode import run_socket_mode
+
+        try:
+            run_socket_mode(settings, database, stop)
+        except SlackApiError as exc:
+            _fail(f"Slack refused the Socket Mode connection: {exc.response.get('error')}")
+        except OSError as exc:
+            _fail(f"cannot reach Slack at SUPPORTGATE_SLACK_API_URL: {exc}")
+
+    try:
+        _serve_until_signal(run)
+    finally:
+        database.dispose()
 
 
 @main.command()

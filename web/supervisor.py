@@ -1,11 +1,12 @@
 """``supportgate serve``: one process tree running every part that is configured.
 
 The parent checks the configuration, migrates, then starts one child per
-part (``api``, ``smtp``, ``tasks``, and ``imap`` when SUPPORTGATE_IMAP_URL is
-set), each the same ``supportgate <part>`` command a production deployment
-would run separately. A child that dies is restarted with backoff; SIGTERM or
-SIGINT is passed on to every child, which finishes or hands back its
-in-flight work, and the parent exits 0 once they are all gone.
+part (``api``, ``smtp``, ``tasks``, ``imap`` when SUPPORTGATE_IMAP_URL is
+set, ``slack`` in Slack's Socket Mode), each the same ``supportgate <part>``
+command a production deployment would run separately. A child that dies is
+restarted with backoff; SIGTERM or SIGINT is passed on to every child, which
+finishes or hands back its in-flight work, and the parent exits 0 once they
+are all gone.
 """
 
 from __future__ import annotations

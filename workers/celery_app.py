@@ -27,6 +27,11 @@ QUEUES = {
     "inbound.ingest": "supportgate.ingest",
     "email.reply": "supportgate.mail",
     "email.send": "supportgate.mail",
+    "slack.event": "supportgate.slack",
+    "slack.post": "supportgate.slack",
+    "slack.thread": "supportgate.slack",
+    "slack.update": "supportgate.slack",
+    "slack.ephemeral": "supportgate.slack",
 }
 DEFAULT_QUEUE = "supportgate.default"
 ALL_QUEUES = sorted({*QUEUES.values(), DEFAULT_QUEUE, "supportgate.maintenance"})

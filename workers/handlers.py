@@ -6,6 +6,15 @@
     email.send       outbound_id       send one composed mail (pending → sending → sent)
     storage.collect  sha256 [list]     remove the files no attachment references (past the grace)
     attachment.preview sha256          make an image's thumbnail ahead of its first view
+    slack.event      event_id          process a stored Slack event (adapters/slack/inbound.py)
+    slack.post       ticket_id         post a ticket's parent message once (slack/poster.py)
+    slack.thread     ticket_id, message_id   post the ticket's pending messages in its thread
+    slack.update     ticket_id         chat.update of the parent when what it shows changed
+    slack.ephemeral  channel, user, text     tell one Slack user something
+
+The ``slack.*`` handlers exist only when Slack is configured; the Slack
+mirror (gateway/slack/mirror.py) is switched on or off with them, for every
+session of the task's database.
 
 The same functions run in the embedded in-process runner and, with Redis,
 in the Celery tasks.
@@ -32,6 +41,7 @@ from gateway.inbound.ingest import process_inbound
 from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
 from gateway.outbound.services import MailContext, prepare_reply
+from gateway.slack.mirror import install_mirror
 from workers.outbox import PermanentTaskError
 
 log = logging.getLogger("supportgate.tasks")
@@ -50,6 +60,7 @@ class TaskContext:
     @classmethod
     def create(cls, settings: Settings, db: Database) -> TaskContext:
         files = Files.from_settings(settings)
+        install_mirror(db.sessions, settings.slack_channel if settings.slack_enabled else None)
         return cls(
             settings=settings,
             db=db,
@@ -145,10 +156,46 @@ def send(ctx: TaskContext, payload: dict[str, Any]) -> None:
 
 
 def handlers(ctx: TaskContext) -> dict[str, Handler]:
-    return {
+    table: dict[str, Handler] = {
         "inbound.ingest": lambda p: ingest(ctx, p),
         "email.reply": lambda p: reply(ctx, p),
         "email.send": lambda p: send(ctx, p),
         "storage.collect": lambda p: collect_files(ctx.db, ctx.files, p),
         "attachment.preview": lambda p: make_preview(ctx.db, ctx.files, p),
     }
+    if ctx.settings.slack_enabled:
+        table.update(slack_handlers(ctx))
+    return table
+
+
+def slack_handlers(ctx: TaskContext) -> dict[str, Handler]:
+    """The ``slack.*`` handlers; Slack's refusals that a retry cannot fix are dead-lettered."""
+    from adapters.slack.client import SlackApi, SlackPermanentError
+    from adapters.slack.files import FileFetcher
+    from adapters.slack.inbound import EventProcessor
+    from adapters.slack.poster import Poster
+    from adapters.slack.poster import handlers as poster_handlers
+
+    settings = ctx.settings
+    assert settings.slack_bot_token is not None
+    api = SlackApi.from_settings(settings)
+    fetcher = FileFetcher(
+        api, settings.slack_bot_token.get_secret_value(), ctx.files, settings.slack_api_url
+    )
+    table: dict[str, Handler] = {
+        "slack.event": EventProcessor(ctx.db, api, fetcher).process,
+        **poster_handlers(Poster(ctx.db, api)),
+    }
+
+    def permanent(handler: Handler) -> Handler:
+        def run(payload: dict[str, Any]) -> None:
+            try:
+                handler(payload)
+            except SlackPermanentError as exc:
+                raise PermanentTaskError(
+                    f"{exc}; fix the Slack app or SUPPORTGATE_SLACK_* and retry this task"
+                ) from exc
+
+        return run
+
+    return {kind: permanent(handler) for kind, handler in table.items()}

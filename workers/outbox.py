@@ -8,6 +8,9 @@ The ``outbox_tasks`` row is the source of truth; a Celery message only says
                           error, attempts < max ──► pending (available_at = now + backoff)
                           error, attempts ≥ max ──► dead (listed by
                                                     GET /api/v1/admin/failed-tasks)
+                          "wait" (a retryable GatewayError with data retry_after,
+                          e.g. Slack's 429) ──► pending at now + retry_after,
+                                                the attempt not counted
 
 A row that is ``running`` or ``done`` when a message for it arrives is left
 alone, so a duplicate message, a redelivery after ``kill -9`` or two workers
@@ -27,6 +30,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from gateway.db import Database, utcnow
+from gateway.errors import GatewayError
 from gateway.events import OutboxTask
 
 log = logging.getLogger("supportgate.tasks")
@@ -68,13 +72,20 @@ def finish(
     error: str | None,
     attempts: int,
     max_attempts: int = MAX_ATTEMPTS,
+    *,
+    wait: float | None = None,
 ) -> str:
     with db.transaction() as session:
         row = session.get(OutboxTask, task_id)
         if row is None:
             return "gone"
         row.updated_at = utcnow()
-        if error is None:
+        if wait is not None:
+            # Asked to come back later (rate limit, a busy resource): not a failure.
+            row.state, row.last_error = "pending", error
+            row.attempts = max(0, row.attempts - 1)
+            row.available_at = utcnow() + timedelta(seconds=wait)
+        elif error is None:
             row.state, row.last_error = "done", None
         elif attempts >= max_attempts:
             row.state, row.last_error = "dead", error
@@ -107,6 +118,20 @@ def run_task(
     except PermanentTaskError as exc:
         return finish(db, task_id, f"{exc}"[:2000], max_attempts, max_attempts)
     except Exception as exc:
+        wait = exc.data.get("retry_after") if isinstance(exc, GatewayError) else None
+        if wait is not None and isinstance(exc, GatewayError) and exc.retryable:
+            log.info(
+                "task deferred",
+                extra={"task_id": str(task_id), "kind": kind, "seconds": wait, "why": exc.detail},
+            )
+            return finish(
+                db,
+                task_id,
+                f"{exc.detail}; retrying in {wait} s"[:2000],
+                attempts,
+                max_attempts,
+                wait=float(wait),
+            )
         log.exception(
             "task failed", extra={"task_id": str(task_id), "kind": kind, "attempt": attempts}
         )

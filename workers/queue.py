@@ -28,6 +28,7 @@ log = logging.getLogger("supportgate.relay")
 TASK_FOR_QUEUE = {
     "supportgate.ingest": "supportgate.ingest",
     "supportgate.mail": "supportgate.mail",
+    "supportgate.slack": "supportgate.slack",
 }
 
 

@@ -207,6 +207,32 @@ def add_attachment(
     return attachment
 
 
+def add_stored_file(
+    session: Session,
+    principal: Principal,
+    ticket: Ticket,
+    message: Message,
+    *,
+    filename: str,
+    content_type: str,
+    sha256: str,
+    size: int,
+) -> Attachment:
+    """Record a file of ``message`` that another channel (Slack) accepted (see
+    accept_file) and committed to storage already."""
+    return _record(
+        session,
+        principal,
+        ticket,
+        message,
+        filename=filename,
+        content_type=content_type,
+        sha256=sha256,
+        size=size,
+        inline=False,
+    )
+
+
 def store_mail_file(
     session: Session,
     storage: Storage,

@@ -15,14 +15,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, json, request
+from flask import Blueprint, Response, current_app, g, json, request
 from pydantic import Field
 from sqlalchemy.orm import Session
 
 from gateway.errors import ValidationFailed
 from gateway.permissions import Principal
 from gateway.schemas import QueryModel
-from gateway.stream_grants import issue_grant
+from gateway.stream_grants import issue_grant, issue_grant_for_token
 from gateway.tickets.services import get_ticket
 from web.auth import bearer_token
 from web.spec import endpoint
@@ -76,7 +76,10 @@ def events(session: Session, principal: Principal, query: EventsQuery) -> Any:
     last = _last_event_id(query)
     if last is not None:
         params["last_event_id"] = last
-    params["grant"] = issue_grant(session, bearer_token() or "")
+    bearer = bearer_token()
+    params["grant"] = (
+        issue_grant(session, bearer) if bearer else issue_grant_for_token(session, g.token_id)
+    )
     location = f"{events_base_url()}/api/v1/events?{urlencode(params)}"
     return Response(
         json.dumps({"location": location}),

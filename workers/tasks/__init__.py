@@ -2,6 +2,7 @@
 
     supportgate.ingest       ingest.py         inbound.ingest rows
     supportgate.mail         notifications.py  email.reply / email.send rows
+    supportgate.slack        slack.py          slack.* rows (events in, posts out)
     supportgate.run          (generic)         any other kind with a handler
     supportgate.sweep        maintenance.py    hand back stale rows (beat, every 30 s)
     supportgate.maintenance  maintenance.py    the deletion policy (beat)
@@ -60,9 +61,10 @@ def run_outbox(task_id: str) -> str:
 
 
 def register(app: Celery) -> None:
-    from workers.tasks import ingest, maintenance, notifications
+    from workers.tasks import ingest, maintenance, notifications, slack
 
     app.task(name="supportgate.run")(run_outbox)
     ingest.register(app)
     notifications.register(app)
+    slack.register(app)
     maintenance.register(app)

@@ -26,7 +26,7 @@ depends_on = None
 
 def _postgresql_14() -> bool:
     bind = op.get_bind()
-    return bind.dialect.name == "postgresql" and bind.dialect.server_version_info >= (14,)
+    return bind.dialect.name == "postgresql" and (bind.dialect.server_version_info or (0,)) >= (14,)
 
 
 def upgrade() -> None:
