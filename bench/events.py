@@ -331,6 +331,7 @@ def run_once(args: argparse.Namespace, subscribers: int) -> dict[str, Any]:
         SUPPORTGATE_AUTH_FAILURES_PER_MINUTE="0",
         SUPPORTGATE_LOG_LEVEL="WARNING",
         SUPPORTGATE_EVENTS_WORKERS=str(args.events_workers),
+        SUPPORTGATE_EVENTS_LINGER_MS=str(args.linger_ms),
         SUPPORTGATE_DATA_DIR=str(args.out / "data"),
     )
     raise_nofile(subscribers + 1024)
@@ -487,8 +488,8 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
         f"\"load\" is the 1-minute load average when each run's writer started.",
         "",
         f"`supportgate events` with {args.events_workers} worker process(es) "
-        f"(PostgreSQL + Redis; linger 100 ms, heartbeat 10 s; RSS and CPU are summed over "
-        f"the relay process and the workers); N SSE subscribers on 127.0.0.1 over "
+        f"(PostgreSQL + Redis; linger {args.linger_ms} ms, heartbeat 10 s; RSS and CPU are "
+        f"summed over the relay process and the workers); N SSE subscribers on 127.0.0.1 over "
         f"{args.client_procs} client processes; a writer making {args.rate:g} ticket changes/s "
         f"for {args.duration:g} s through the domain services. Latency is from the writer's "
         f"commit to a subscriber reading the event, over every (event, subscriber) pair. "
@@ -526,6 +527,9 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=3.0)
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--events-workers", type=int, default=1, help="SUPPORTGATE_EVENTS_WORKERS")
+    parser.add_argument(
+        "--linger-ms", type=int, default=100, help="SUPPORTGATE_EVENTS_LINGER_MS (the default 100)"
+    )
     parser.add_argument("--pg-server", default="postgresql+psycopg://postgres@127.0.0.1:5432")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
