@@ -52,3 +52,21 @@ def test_postgres_has_metadata_statistics(pg_url):
     finally:
         engine.dispose()
     assert found == 1
+
+
+def test_postgres_custom_fields_statistics_target(pg_url):
+    """cf.<key> lists need the finer sample of migration 0009."""
+    from sqlalchemy import text
+
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            target = conn.scalar(
+                text(
+                    "SELECT attstattarget FROM pg_attribute "
+                    "WHERE attrelid = 'tickets'::regclass AND attname = 'custom_fields'"
+                )
+            )
+    finally:
+        engine.dispose()
+    assert target == 1000
