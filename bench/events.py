@@ -528,7 +528,7 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--events-workers", type=int, default=1, help="SUPPORTGATE_EVENTS_WORKERS")
     parser.add_argument(
-        "--linger-ms", type=int, default=100, help="SUPPORTGATE_EVENTS_LINGER_MS (the default 100)"
+        "--linger-ms", type=int, default=75, help="SUPPORTGATE_EVENTS_LINGER_MS (the default 75)"
     )
     parser.add_argument("--pg-server", default="postgresql+psycopg://postgres@127.0.0.1:5432")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     events_url: str | None = None
     # Under load a subscriber gets at most one write per this many ms, with
     # every event since; an event after a quiet spell goes out at once.
-    events_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 100
+    events_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 75
     # Events server processes sharing the port (SO_REUSEPORT); more than one
     # needs Redis, through which every worker hears every event.
     events_workers: Annotated[int, Field(ge=1, le=64)] = 1

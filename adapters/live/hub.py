@@ -115,7 +115,7 @@ class Hub:
         self,
         store: Store,
         *,
-        linger: float = 0.1,
+        linger: float = 0.075,
         heartbeat: float = 10.0,
         catch_up_interval: float = 1.0,
         max_buffer: int = 1 << 20,
