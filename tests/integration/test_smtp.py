@@ -17,6 +17,7 @@ from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
 from gateway.storage import LocalStorage
 from gateway.tickets.models import Ticket
+from tests.blobs import opaque_bytes
 from tests.integration.conftest import SUPPORT, make_mail
 
 
@@ -303,9 +304,9 @@ def test_attachments_and_inline_images_are_kept_byte_for_byte(mail_server, db, t
     msg = make_mail(body="see attached")
     msg.add_alternative('<p>see <img src="cid:logo@x"></p>', subtype="html")
     html_part = msg.get_payload()[1]
-    logo = os.urandom(2048)
+    logo = opaque_bytes(2048, "logo")
     html_part.add_related(logo, maintype="image", subtype="png", cid="<logo@x>")
-    big = os.urandom(10 * 1024 * 1024)
+    big = opaque_bytes(10 * 1024 * 1024, "dump")
     msg.add_attachment(big, maintype="application", subtype="octet-stream", filename="dump.bin")
     mail_server.send(msg)
     mail_server.process()

@@ -19,6 +19,7 @@ import pytest
 
 from gateway.storage import LocalStorage, storage_from_settings
 from gateway.storage.s3 import S3Storage
+from tests.blobs import opaque_bytes
 
 BUCKET = "supportgate-test"
 
@@ -85,7 +86,7 @@ def storage(request, tmp_path) -> Any:
 
 @pytest.mark.parametrize("size", [0, 1, 5 * 1024 * 1024 + 3])
 def test_put_open_round_trip(storage, size):
-    data = os.urandom(size)
+    data = opaque_bytes(size, "storage")
     sha, written = storage.put(io.BytesIO(data))
     assert (sha, written) == (hashlib.sha256(data).hexdigest(), size)
     assert storage.exists(sha)
