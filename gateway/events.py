@@ -21,9 +21,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, Uuid, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    Uuid,
+    event,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
@@ -149,6 +160,33 @@ def enqueue(session: Session, kind: str, key: str, payload: dict[str, Any]) -> O
     return task
 
 
+def enqueue_many(session: Session, tasks: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """``enqueue`` for many ``(kind, key, payload)`` at once, as one bulk INSERT.
+
+    For the hot paths (the SMTP edge's group commit): no ORM objects, and the
+    rows are still handed to :func:`watch_outbox`'s callback after the commit.
+    """
+    if not tasks:
+        return
+    now = utcnow()
+    rows = [
+        {
+            "id": new_id(),
+            "kind": kind,
+            "idempotency_key": f"{kind}:{key}",
+            "payload": payload,
+            "state": "pending",
+            "attempts": 0,
+            "available_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for kind, key, payload in tasks
+    ]
+    session.execute(cast(Table, OutboxTask.__table__).insert(), rows)
+    session.info.setdefault("outbox_new", []).extend((row["id"], row["kind"]) for row in rows)
+
+
 def watch_outbox(
     sessions: sessionmaker[Session],
     callback: Callable[[list[tuple[uuid.UUID, str]]], None],
@@ -170,7 +208,7 @@ def watch_outbox(
     def _hand_over(session: Session) -> None:
         rows = session.info.pop("outbox_new", [])
         if rows:
-            callback([(row.id, row.kind) for row in rows])
+            callback([row if isinstance(row, tuple) else (row.id, row.kind) for row in rows])
 
     @event.listens_for(sessions, "after_rollback")
     def _forget(session: Session) -> None:

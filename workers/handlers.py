@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +41,9 @@ from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
 from gateway.outbound.services import MailContext, prepare_reply
 from gateway.slack.mirror import install_mirror
-from workers.outbox import PermanentTaskError
+from workers.outbox import Handler, Job, PermanentTaskError, PlainHandler, Settling
 
 log = logging.getLogger("supportgate.tasks")
-
-Handler = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -82,9 +79,9 @@ def _lock(session: Any, stmt: Any) -> Any:
     return stmt
 
 
-def ingest(ctx: TaskContext, payload: dict[str, Any]) -> None:
+def ingest(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
     inbound_id = uuid.UUID(payload["inbound_id"])
-    with ctx.db.transaction() as session:
+    with job.settle() as session:
         mail = session.scalar(
             _lock(session, select(InboundMail).where(InboundMail.id == inbound_id))
         )
@@ -101,7 +98,7 @@ def reply(ctx: TaskContext, payload: dict[str, Any]) -> None:
         prepare_reply(session, ctx.mail, uuid.UUID(payload["message_id"]))
 
 
-def send(ctx: TaskContext, payload: dict[str, Any]) -> None:
+def send(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
     outbound_id = uuid.UUID(payload["outbound_id"])
     with ctx.db.transaction() as session:
         mail = session.scalar(
@@ -148,7 +145,7 @@ def send(ctx: TaskContext, payload: dict[str, Any]) -> None:
                 if row is not None and row.state == "sending":
                     row.state = "pending"
             raise
-    with ctx.db.transaction() as session:
+    with job.settle() as session:  # the mail's outcome and the task's, in one commit
         row = session.get(OutboundMail, outbound_id)
         if row is not None:
             row.state, row.last_error = outcome, error
@@ -157,9 +154,9 @@ def send(ctx: TaskContext, payload: dict[str, Any]) -> None:
 
 def handlers(ctx: TaskContext) -> dict[str, Handler]:
     table: dict[str, Handler] = {
-        "inbound.ingest": lambda p: ingest(ctx, p),
+        "inbound.ingest": Settling(lambda p, job: ingest(ctx, p, job)),
         "email.reply": lambda p: reply(ctx, p),
-        "email.send": lambda p: send(ctx, p),
+        "email.send": Settling(lambda p, job: send(ctx, p, job)),
         "storage.collect": lambda p: collect_files(ctx.db, ctx.files, p),
         "attachment.preview": lambda p: make_preview(ctx.db, ctx.files, p),
     }
@@ -168,7 +165,7 @@ def handlers(ctx: TaskContext) -> dict[str, Handler]:
     return table
 
 
-def slack_handlers(ctx: TaskContext) -> dict[str, Handler]:
+def slack_handlers(ctx: TaskContext) -> dict[str, PlainHandler]:
     """The ``slack.*`` handlers; Slack's refusals that a retry cannot fix are dead-lettered."""
     from adapters.slack.client import SlackApi, SlackPermanentError
     from adapters.slack.files import FileFetcher
@@ -182,12 +179,12 @@ def slack_handlers(ctx: TaskContext) -> dict[str, Handler]:
     fetcher = FileFetcher(
         api, settings.slack_bot_token.get_secret_value(), ctx.files, settings.slack_api_url
     )
-    table: dict[str, Handler] = {
+    table: dict[str, PlainHandler] = {
         "slack.event": EventProcessor(ctx.db, api, fetcher).process,
         **poster_handlers(Poster(ctx.db, api)),
     }
 
-    def permanent(handler: Handler) -> Handler:
+    def permanent(handler: PlainHandler) -> PlainHandler:
         def run(payload: dict[str, Any]) -> None:
             try:
                 handler(payload)

@@ -16,6 +16,13 @@ A row that is ``running`` or ``done`` when a message for it arrives is left
 alone, so a duplicate message, a redelivery after ``kill -9`` or two workers
 at once have the effect of one run. A worker that dies mid-task leaves the
 row ``running``; the sweeper hands it back after ``STALE_AFTER``.
+
+The claim commits on its own (so an attempt that kills its worker is still
+counted, and a message that always does is dead-lettered, not retried for
+ever). A handler wrapped in :class:`Settling` is given the claimed
+:class:`Job` and marks the row ``done`` inside its own last transaction
+(``job.settle()``): the work and its settlement commit together, one
+transaction fewer, and a crash between them cannot exist.
 """
 
 from __future__ import annotations
@@ -23,11 +30,14 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, or_, select, update
+from sqlalchemy.orm import Session
 
 from gateway.db import Database, utcnow
 from gateway.errors import GatewayError
@@ -38,8 +48,6 @@ log = logging.getLogger("supportgate.tasks")
 MAX_ATTEMPTS = 8
 STALE_AFTER = timedelta(seconds=360)
 QUEUED_GRACE = timedelta(seconds=5)
-
-Handler = Callable[[dict[str, Any]], None]
 
 
 class PermanentTaskError(Exception):
@@ -52,18 +60,75 @@ def backoff(attempt: int, base: float = 2.0, cap: float = 600.0) -> float:
 
 
 def claim(db: Database, task_id: uuid.UUID) -> tuple[str, dict[str, Any], int] | None:
-    """Take one row for running; None when it is not (or no longer) runnable."""
+    """Take one row for running; None when it is not (or no longer) runnable.
+
+    One conditional UPDATE: two workers claiming at once serialise on the
+    row, and the second finds it ``running`` and gets None.
+    """
     with db.transaction() as session:
-        stmt = select(OutboxTask).where(OutboxTask.id == task_id)
-        if session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        row = session.scalar(stmt)
-        if row is None or row.state not in ("pending", "queued"):
+        row = session.execute(
+            update(OutboxTask)
+            .where(OutboxTask.id == task_id, OutboxTask.state.in_(("pending", "queued")))
+            .values(state="running", attempts=OutboxTask.attempts + 1, updated_at=utcnow())
+            .returning(OutboxTask.kind, OutboxTask.payload, OutboxTask.attempts)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is None:
             return None
-        row.state = "running"
-        row.attempts += 1
-        row.updated_at = utcnow()
         return row.kind, dict(row.payload), row.attempts
+
+
+def _settle_values(
+    error: str | None, attempts: int, max_attempts: int, wait: float | None
+) -> dict[str, Any]:
+    now = utcnow()
+    if wait is not None:
+        # Asked to come back later (rate limit, a busy resource): not a failure.
+        return {
+            "state": "pending",
+            "last_error": error,
+            "attempts": case((OutboxTask.attempts > 0, OutboxTask.attempts - 1), else_=0),
+            "available_at": now + timedelta(seconds=wait),
+            "updated_at": now,
+        }
+    if error is None:
+        return {"state": "done", "last_error": None, "updated_at": now}
+    if attempts >= max_attempts:
+        return {"state": "dead", "last_error": error, "updated_at": now}
+    return {
+        "state": "pending",
+        "last_error": error,
+        "available_at": now + timedelta(seconds=backoff(attempts)),
+        "updated_at": now,
+    }
+
+
+def settle(
+    session: Session,
+    task_id: uuid.UUID,
+    error: str | None,
+    attempts: int,
+    max_attempts: int = MAX_ATTEMPTS,
+    *,
+    wait: float | None = None,
+) -> str:
+    """Write a claimed row's outcome in ``session``; returns the new state (or 'gone')."""
+    values = _settle_values(error, attempts, max_attempts, wait)
+    row = session.execute(
+        update(OutboxTask)
+        .where(OutboxTask.id == task_id)
+        .values(**values)
+        .returning(OutboxTask.kind)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return "gone"
+    if values["state"] == "dead":
+        log.error(
+            "task dead-lettered",
+            extra={"task_id": str(task_id), "kind": row.kind, "error": error},
+        )
+    return str(values["state"])
 
 
 def finish(
@@ -76,27 +141,44 @@ def finish(
     wait: float | None = None,
 ) -> str:
     with db.transaction() as session:
-        row = session.get(OutboxTask, task_id)
-        if row is None:
-            return "gone"
-        row.updated_at = utcnow()
-        if wait is not None:
-            # Asked to come back later (rate limit, a busy resource): not a failure.
-            row.state, row.last_error = "pending", error
-            row.attempts = max(0, row.attempts - 1)
-            row.available_at = utcnow() + timedelta(seconds=wait)
-        elif error is None:
-            row.state, row.last_error = "done", None
-        elif attempts >= max_attempts:
-            row.state, row.last_error = "dead", error
-            log.error(
-                "task dead-lettered",
-                extra={"task_id": str(task_id), "kind": row.kind, "error": error},
-            )
-        else:
-            row.state, row.last_error = "pending", error
-            row.available_at = utcnow() + timedelta(seconds=backoff(attempts))
-        return row.state
+        return settle(session, task_id, error, attempts, max_attempts, wait=wait)
+
+
+class Job:
+    """A claimed row, as a :class:`Settling` handler sees it."""
+
+    def __init__(self, db: Database, task_id: uuid.UUID, attempts: int) -> None:
+        self.db = db
+        self.task_id = task_id
+        self.attempts = attempts
+        self.settled = False
+
+    @contextmanager
+    def settle(self) -> Iterator[Session]:
+        """The handler's last transaction: the row is marked ``done`` in it.
+
+        Use it for the transaction whose commit completes the task; if the
+        block raises, nothing of it commits and the row is settled as a failure.
+        """
+        with self.db.transaction() as session:
+            yield session
+            settle(session, self.task_id, None, self.attempts)
+        self.settled = True
+
+
+@dataclass(frozen=True)
+class Settling:
+    """A handler that takes the :class:`Job` and settles the row in its own transaction.
+
+    Returning without ``job.settle()`` (nothing to do, say) is fine: the row
+    is then settled in a transaction of its own, as for a plain handler.
+    """
+
+    run: Callable[[dict[str, Any], Job], None]
+
+
+PlainHandler = Callable[[dict[str, Any]], None]
+Handler = PlainHandler | Settling
 
 
 def run_task(
@@ -113,8 +195,13 @@ def run_task(
     handler = handlers.get(kind)
     if handler is None:
         return finish(db, task_id, f"no handler for {kind}", max_attempts, max_attempts)
+    job: Job | None = None
     try:
-        handler(payload)
+        if isinstance(handler, Settling):
+            job = Job(db, task_id, attempts)
+            handler.run(payload, job)
+        else:
+            handler(payload)
     except PermanentTaskError as exc:
         return finish(db, task_id, f"{exc}"[:2000], max_attempts, max_attempts)
     except Exception as exc:
@@ -136,6 +223,8 @@ def run_task(
             "task failed", extra={"task_id": str(task_id), "kind": kind, "attempt": attempts}
         )
         return finish(db, task_id, f"{type(exc).__name__}: {exc}"[:2000], attempts, max_attempts)
+    if job is not None and job.settled:
+        return "done"
     return finish(db, task_id, None, attempts, max_attempts)
 
 

@@ -9,8 +9,15 @@ Routing of replies:
     DATA could not be stored (database, disk)      451 4.3.0 (the sender retries)
     any other internal failure                     451 4.3.0, never a 5xx
 
-Nothing is parsed here: the raw bytes are stored with ``accept_raw`` and the
+Nothing is parsed here: the raw bytes are stored with ``accept_many`` and the
 ingest task does the rest after the sender has its answer.
+
+Group commit: messages whose DATA ends while a batch is being stored wait
+and go in the next batch, one transaction (and one fsync) for all of them;
+each sender still gets its 250 only after the commit that holds its message.
+With one client at a time every batch holds one message, so nothing waits
+for company. A batch that fails is retried one message at a time, so one bad
+message costs only its own sender a 451.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.db import Database
 from gateway.inbound.addresses import SupportAddress
-from gateway.inbound.store import accept_raw
+from gateway.inbound.store import Received, accept_many
 
 log = logging.getLogger("supportgate.smtp")
 
 MAX_RECIPIENTS = 100
+MAX_BATCH = 64
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 class GatewaySMTP(SMTP):
@@ -41,6 +50,93 @@ class GatewaySMTP(SMTP):
             limit = self.data_size_limit or 0
             status = f"552 5.3.4 Message size exceeds the limit of {limit} bytes"
         await super().push(status)
+
+
+class GroupCommit:
+    """Stores received messages in batches, each in one transaction (see the module doc)."""
+
+    def __init__(
+        self,
+        db: Database,
+        executor: ThreadPoolExecutor,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        self.db = db
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_bytes = max_bytes
+        self.pending: list[tuple[Received, asyncio.Future[str]]] = []
+        self.draining = False
+        self._drainer: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def store(self, item: Received) -> str:
+        """The stored row's id, once its transaction has committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        self.pending.append((item, future))
+        if not self.draining:
+            self.draining = True
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    def _take(self) -> list[tuple[Received, asyncio.Future[str]]]:
+        size, count = 0, 0
+        for item, _ in self.pending:
+            if count and (count >= self.max_batch or size + len(item.raw) > self.max_bytes):
+                break
+            size, count = size + len(item.raw), count + 1
+        batch, self.pending = self.pending[:count], self.pending[count:]
+        return batch
+
+    def _write(self, items: list[Received]) -> list[str]:
+        with self.db.transaction() as session:
+            return accept_many(session, items, source="smtp")
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                batch = self._take()
+                self.batches += 1
+                try:
+                    ids = await loop.run_in_executor(
+                        self.executor, self._write, [item for item, _ in batch]
+                    )
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _settle(batch[0][1], error=exc)
+                        continue
+                    log.warning(
+                        "could not store a batch of inbound messages; storing them one by one",
+                        exc_info=True,
+                    )
+                    for item, future in batch:
+                        try:
+                            [one] = await loop.run_in_executor(self.executor, self._write, [item])
+                        except Exception as error:
+                            _settle(future, error=error)
+                        else:
+                            _settle(future, result=one)
+                    continue
+                for (_, future), mail_id in zip(batch, ids, strict=True):
+                    _settle(future, result=mail_id)
+        finally:
+            self.draining = False
+
+
+def _settle(
+    future: asyncio.Future[str], *, result: str | None = None, error: BaseException | None = None
+) -> None:
+    if future.done():  # its sender went away; a stored message is still ingested
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)
 
 
 class InboundHandler:
@@ -56,8 +152,9 @@ class InboundHandler:
         self.support = support
         self.on_stored = on_stored
         self.executor = executor or ThreadPoolExecutor(
-            max_workers=8, thread_name_prefix="smtp-store"
+            max_workers=4, thread_name_prefix="smtp-store"
         )
+        self.store = GroupCommit(db, self.executor)
         self.in_flight = 0
 
     async def handle_RCPT(
@@ -76,25 +173,12 @@ class InboundHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    def _store(self, raw: bytes, mail_from: str, recipients: list[str]) -> str:
-        with self.db.transaction() as session:
-            mail = accept_raw(
-                session, raw, source="smtp", envelope_from=mail_from, recipients=recipients
-            )
-            mail_id = str(mail.id)
-        return mail_id
-
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         self.in_flight += 1
         try:
-            loop = asyncio.get_running_loop()
-            mail_id = await loop.run_in_executor(
-                self.executor,
-                self._store,
-                bytes(raw),
-                envelope.mail_from or "",
-                list(envelope.rcpt_tos),
+            mail_id = await self.store.store(
+                Received(bytes(raw), envelope.mail_from or "", list(envelope.rcpt_tos))
             )
         except Exception:
             log.exception("could not store an inbound message; answered 451")

@@ -3,6 +3,7 @@ the relay, and the Celery settings that make kill -9 survivable."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -215,3 +216,37 @@ def test_send_interrupted_mid_relay_is_dead_lettered_not_resent(mail_server, db,
     assert len(relay[0].messages) == 1
     with db.transaction() as s:
         assert s.scalar(select(OutboundMail.state)) == "sent"
+
+
+def test_publisher_sends_each_row_of_a_batch_to_its_queue_in_order(settings):
+    """Rows committed together are published in one Redis pipeline, one message per row."""
+    import json
+
+    import redis as redis_lib
+
+    from gateway.config import Settings as S
+    from workers.queue import CeleryPublisher, make_publisher_app
+
+    queue_db = 13
+    client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
+    queues = ("supportgate.ingest", "supportgate.mail")
+    client.delete(*queues)
+    app = make_publisher_app(
+        S(**{**settings.model_dump(), "redis_url": "redis://127.0.0.1:6379/0",
+             "celery_redis_db": queue_db}, _env_file=None)
+    )
+    rows = [(uuid.uuid4(), "inbound.ingest" if i % 3 else "email.send") for i in range(40)]
+    try:
+        CeleryPublisher(app).publish(rows)
+        for queue, kinds in (("supportgate.ingest", {"inbound.ingest"}),
+                             ("supportgate.mail", {"email.send"})):
+            # LPUSH, consumed from the right: oldest first
+            messages = [json.loads(m) for m in reversed(client.lrange(queue, 0, -1))]
+            assert [m["headers"]["task"] for m in messages] == [queue] * len(messages)
+            assert [m["headers"]["argsrepr"] for m in messages] == [
+                repr([str(i)]) for i, kind in rows if kind in kinds
+            ]
+    finally:
+        client.delete(*queues)
+        client.close()
+        app.close()

@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 from email.utils import make_msgid
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from gateway.attachments.models import Attachment
 from gateway.conversations.models import Message
@@ -328,7 +328,7 @@ def test_unreachable_database_answers_451(mail_server, db, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("adapters.email.smtp_server.accept_raw", broken)
+    monkeypatch.setattr("adapters.email.smtp_server.accept_many", broken)
     with (
         pytest.raises(smtplib.SMTPDataError) as info,
         smtplib.SMTP("127.0.0.1", mail_server.port) as client,
@@ -336,7 +336,7 @@ def test_unreachable_database_answers_451(mail_server, db, monkeypatch):
         client.send_message(make_mail(), to_addrs=[SUPPORT])
     assert info.value.smtp_code == 451
     assert info.value.smtp_error.startswith(b"4.3.0")
-    assert store.accept_raw is not broken
+    assert store.accept_many is not broken
 
 
 def test_raw_message_is_retrievable_by_admins(mail_server, db, admin, agent):
@@ -377,12 +377,15 @@ def test_charsets_and_encoded_subjects(mail_server, db):
 def test_redelivered_ingest_task_changes_nothing(mail_server, db, relay):
     mail_server.send(make_mail())
     mail_server.process()
+    from gateway.events import OutboxTask
     from workers.handlers import TaskContext, ingest
+    from workers.outbox import Job
 
     with db.transaction() as s:
         inbound_id = s.scalar(select(InboundMail.id))
-        s.execute(update(InboundMail).values(attempts=InboundMail.attempts))
-    ingest(TaskContext.create(mail_server.settings, db), {"inbound_id": str(inbound_id)})
+        task_id = s.scalar(select(OutboxTask.id).where(OutboxTask.kind == "inbound.ingest"))
+    job = Job(db, task_id, attempts=2)
+    ingest(TaskContext.create(mail_server.settings, db), {"inbound_id": str(inbound_id)}, job)
     mail_server.process()
     assert len(tickets(db)) == 1
     assert len(sent(relay)) == 1
