@@ -91,7 +91,13 @@ def _store_attachments(
 
 
 def _add_participants(
-    session: Session, ctx: MailContext, ticket: Ticket, parsed: InboundMessage, sender: str
+    session: Session,
+    ctx: MailContext,
+    ticket: Ticket,
+    parsed: InboundMessage,
+    sender: str,
+    *,
+    new_ticket: bool = False,
 ) -> None:
     addresses = [a.email for a in parsed.to + parsed.cc] + [sender]
     for address in dict.fromkeys(addresses):
@@ -99,7 +105,8 @@ def _add_participants(
             continue
         if address == ticket.customer.email:
             continue
-        if session.get(TicketParticipant, (ticket.id, address)) is None:
+        # A ticket made by this very message has no participants yet: no lookup.
+        if new_ticket or session.get(TicketParticipant, (ticket.id, address)) is None:
             session.add(TicketParticipant(ticket_id=ticket.id, email=address[:320]))
 
 
@@ -229,7 +236,7 @@ def process_inbound(
         email_message_id=parsed.message_id,
     )
     files = _store_attachments(session, ctx, ticket, message, parsed, Principal.of(author))
-    _add_participants(session, ctx, ticket, parsed, sender)
+    _add_participants(session, ctx, ticket, parsed, sender, new_ticket=created)
     if created and not verdict.no_automatic_answer and not author.is_staff:
         schedule_acknowledgment(session, ctx, ticket, message)
     mail.ticket_id, mail.message_id = ticket.id, message.id
