@@ -8,12 +8,14 @@ concurrent inserts and as fast on page 10,000 as on page 1.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     and_,
     case,
     exists,
@@ -36,8 +38,11 @@ from gateway.permissions import Principal, scope_tickets
 from gateway.schemas import METADATA_KEY_RE
 from gateway.tickets.models import Ticket, TicketTag
 from gateway.tickets.schemas import TicketListQuery
+from gateway.tickets.services import ticket_read_select, ticket_rows_out
 from gateway.tickets.workflow import PRIORITY_RANK, STATUS_RANK, STATUSES
 from gateway.users.models import User
+
+_R = TypeVar("_R")
 
 STATUS_ORDER = case(STATUS_RANK, value=Ticket.status, else_=len(STATUSES))
 
@@ -168,23 +173,29 @@ def _decode_key(sort_name: str, raw: Any) -> Any:
         raise ValidationFailed.on("cursor", "not a cursor this API issued") from None
 
 
-def _encode_key(sort_name: str, ticket: Ticket) -> Any:
+def _encode_key(sort_name: str, ticket: Any) -> Any:
+    """The cursor key of a ticket or a row of ``ticket_read_select`` (same attribute names)."""
     if sort_name == "status":
         return STATUS_RANK.get(ticket.status, len(STATUSES))
     value = getattr(ticket, sort_name)
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def list_tickets(
-    session: Session, principal: Principal, q: TicketListQuery, extra: ExtraFilters | None = None
-) -> tuple[list[Ticket], str | None]:
+def _page_statement(
+    session: Session,
+    principal: Principal,
+    q: TicketListQuery,
+    extra: ExtraFilters | None,
+    base: Select[Any],
+) -> Select[Any]:
+    """``base`` narrowed to the caller, the filters and the cursor; ordered, limit + 1 rows."""
     extra = extra or ExtraFilters()
     descending = q.sort.startswith("-")
     sort_name = q.sort.lstrip("-")
     column = SORT_COLUMNS[sort_name]
     cursor_kind = f"tickets:{q.sort}"
 
-    stmt = scope_tickets(select(Ticket), principal)
+    stmt = scope_tickets(base, principal)
     conds = _filters(session, principal, q, extra)
     if q.cursor:
         values = decode_cursor(q.cursor, kinds=(cursor_kind,))
@@ -209,12 +220,40 @@ def list_tickets(
         order = [Ticket.number.desc() if descending else Ticket.number.asc()]
     else:
         order = [column.desc(), Ticket.id.desc()] if descending else [column.asc(), Ticket.id.asc()]
-    rows = list(session.scalars(stmt.order_by(*order).limit(q.limit + 1)).unique())
-    more = len(rows) > q.limit
-    rows = rows[: q.limit]
+    return stmt.order_by(*order).limit(q.limit + 1)
+
+
+def _page(q: TicketListQuery, found: Sequence[_R]) -> tuple[list[_R], str | None]:
+    """The page of ``limit + 1`` rows and the cursor after it (None on the last page)."""
+    sort_name = q.sort.lstrip("-")
+    cursor_kind = f"tickets:{q.sort}"
+    more = len(found) > q.limit
+    rows = list(found[: q.limit])
     if not more or not rows:
         return rows, None
-    last = rows[-1]
+    last: Any = rows[-1]
     if sort_name == "number":
         return rows, encode_cursor(cursor_kind, last.number)
     return rows, encode_cursor(cursor_kind, _encode_key(sort_name, last), str(last.id))
+
+
+def list_tickets(
+    session: Session, principal: Principal, q: TicketListQuery, extra: ExtraFilters | None = None
+) -> tuple[list[Ticket], str | None]:
+    """A page of ORM tickets and the next cursor (for callers that change them)."""
+    stmt = _page_statement(session, principal, q, extra, select(Ticket))
+    return _page(q, list(session.scalars(stmt).unique()))
+
+
+def list_tickets_out(
+    session: Session, principal: Principal, q: TicketListQuery, extra: ExtraFilters | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of ``ticket_out`` dicts and the next cursor, in one statement (GET /tickets).
+
+    Same filters, scope, order and cursors as :func:`list_tickets`; the rows
+    are columns, not ORM objects (see ``services.ticket_read_select``).
+    """
+    dialect = session.get_bind().dialect.name
+    stmt = _page_statement(session, principal, q, extra, ticket_read_select(dialect))
+    rows, cursor = _page(q, session.connection().execute(stmt).all())
+    return ticket_rows_out(rows, dialect, principal), cursor

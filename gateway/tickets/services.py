@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import JSON, ColumnElement, Row, Select, String, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -20,7 +22,13 @@ from gateway.errors import Conflict, NotFound, PreconditionFailed, ValidationFai
 from gateway.events import enqueue, record_event
 from gateway.metadata.models import TicketMetadata
 from gateway.metadata.services import metadata_for, validate_custom_fields
-from gateway.permissions import Principal, check_ticket_visible, require_admin, require_staff
+from gateway.permissions import (
+    Principal,
+    check_ticket_visible,
+    require_admin,
+    require_staff,
+    scope_tickets,
+)
 from gateway.policies.services import get_deletion_policy
 from gateway.tickets.history import audit
 from gateway.tickets.models import Ticket, TicketTag
@@ -71,19 +79,206 @@ def tickets_out(
     return [ticket_out(t, meta.get(t.id, {}), principal) for t in tickets]
 
 
-def get_ticket(session: Session, principal: Principal, ref: str | uuid.UUID) -> Ticket:
-    """A ticket by UUID or by number; NotFound when absent or not visible."""
-    ticket: Ticket | None = None
+def _parse_ref(ref: str | uuid.UUID) -> tuple[str, uuid.UUID | int] | None:
+    """("id", UUID) or ("number", int) for a ticket reference; None when it names nothing."""
     if isinstance(ref, uuid.UUID):
-        ticket = session.get(Ticket, ref)
-    elif ref.isdigit() and len(ref) < 10:
-        ticket = session.scalar(select(Ticket).where(Ticket.number == int(ref)))
-    else:
-        try:
-            ticket = session.get(Ticket, uuid.UUID(ref))
-        except ValueError:
-            ticket = None
+        return "id", ref
+    if ref.isdigit() and len(ref) < 10:
+        return "number", int(ref)
+    try:
+        return "id", uuid.UUID(ref)
+    except ValueError:
+        return None
+
+
+def get_ticket(session: Session, principal: Principal, ref: str | uuid.UUID) -> Ticket:
+    """A ticket by UUID or by number; NotFound when absent or not visible.
+
+    The ORM object, for changes; reads use :func:`read_ticket`.
+    """
+    ticket: Ticket | None = None
+    parsed = _parse_ref(ref)
+    if parsed is not None:
+        kind, value = parsed
+        if kind == "id":
+            ticket = session.get(Ticket, value)
+        else:
+            ticket = session.scalar(select(Ticket).where(Ticket.number == value))
     return check_ticket_visible(principal, ticket)
+
+
+# --- the read path: columns, not ORM objects -------------------------------
+#
+# GET /tickets and GET /tickets/{ref} run one statement that selects the
+# ticket's columns, the customer and assignee by join, and the tags and
+# metadata as correlated aggregates, and turn each row straight into the
+# ``ticket_out`` dict. No identity map, no lazy or selectin loads, no cyclic
+# garbage per request. The JSON is the same as ``ticket_out`` of the ORM
+# object (tests/api/test_read_path.py compares them).
+
+_tickets = Ticket.__table__
+_customer = User.__table__.alias("customer")
+_assignee = User.__table__.alias("assignee")
+_tag_rows = TicketTag.__table__
+_metadata_rows = TicketMetadata.__table__
+_READ_SELECTS: dict[str, Select[Any]] = {}
+_BY_REF_SELECTS: dict[tuple[str, str], Select[Any]] = {}
+
+
+def _aggregates(dialect: str) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    tag, key, value = _tag_rows.c.tag, _metadata_rows.c.key, _metadata_rows.c.value
+    tags: ColumnElement[Any]
+    metadata: ColumnElement[Any]
+    if dialect == "postgresql":
+        # ORDER BY inside the aggregate: the column's collation, as the ORM's ORDER BY.
+        tags = func.array_agg(aggregate_order_by(tag, tag), type_=ARRAY(String))
+        metadata = func.json_object_agg(key, aggregate_order_by(value, key), type_=JSON)
+    else:
+        # SQLite's group aggregates have no defined order: sorted in Python
+        # (BINARY collation = code point order = Python's str order).
+        tags = func.json_group_array(tag, type_=JSON)
+        metadata = func.json_group_object(key, value, type_=JSON)
+    return (
+        select(tags).where(_tag_rows.c.ticket_id == _tickets.c.id).scalar_subquery(),
+        select(metadata).where(_metadata_rows.c.ticket_id == _tickets.c.id).scalar_subquery(),
+    )
+
+
+def ticket_read_select(dialect: str) -> Select[Any]:
+    """SELECT of everything :func:`ticket_rows_out` needs, FROM tickets and its users.
+
+    Built once per dialect; callers add WHERE, ORDER BY and LIMIT. Row
+    attributes are named like the ticket's (``status``, ``created_at``, …).
+    """
+    found = _READ_SELECTS.get(dialect)
+    if found is None:
+        t = _tickets.c
+        tags, metadata = _aggregates(dialect)
+        found = select(
+            t.id,
+            t.number,
+            t.title,
+            t.description,
+            t.status,
+            t.priority,
+            t.channel,
+            t.customer_id,
+            _customer.c.email.label("customer_email"),
+            _customer.c.name.label("customer_name"),
+            t.assignee_id,
+            _assignee.c.email.label("assignee_email"),
+            _assignee.c.name.label("assignee_name"),
+            tags.label("tags"),
+            metadata.label("metadata"),
+            t.custom_fields,
+            t.message_count,
+            t.note_count,
+            t.created_at,
+            t.updated_at,
+            t.archived_at,
+            t.deleted_at,
+            t.version,
+        ).select_from(
+            _tickets.outerjoin(_customer, _customer.c.id == t.customer_id).outerjoin(
+                _assignee, _assignee.c.id == t.assignee_id
+            )
+        )
+        _READ_SELECTS[dialect] = found
+    return found
+
+
+def ticket_rows_out(
+    rows: Sequence[Row[Any]], dialect: str, principal: Principal | None = None
+) -> list[dict[str, Any]]:
+    """``ticket_out`` of each row of :func:`ticket_read_select`, in the same key order."""
+    hide_notes = principal is not None and not principal.is_staff
+    unordered = dialect != "postgresql"
+    out = []
+    for (
+        id_,
+        number,
+        title,
+        description,
+        status,
+        priority,
+        channel,
+        customer_id,
+        customer_email,
+        customer_name,
+        assignee_id,
+        assignee_email,
+        assignee_name,
+        tags,
+        metadata,
+        custom_fields,
+        message_count,
+        note_count,
+        created_at,
+        updated_at,
+        archived_at,
+        deleted_at,
+        version,
+    ) in rows:
+        if unordered:
+            tags = sorted(tags) if tags else tags
+            metadata = dict(sorted(metadata.items())) if metadata else metadata
+        out.append(
+            {
+                "id": str(id_),
+                "number": number,
+                "title": title,
+                "description": description,
+                "status": status,
+                "priority": PRIORITIES[priority],
+                "channel": channel,
+                "customer": None
+                if customer_email is None
+                else {"id": str(customer_id), "email": customer_email, "name": customer_name},
+                "assignee": None
+                if assignee_email is None
+                else {"id": str(assignee_id), "email": assignee_email, "name": assignee_name},
+                "tags": tags or [],
+                "metadata": metadata or {},
+                "custom_fields": custom_fields or {},
+                "message_count": message_count - note_count if hide_notes else message_count,
+                "created_at": created_at.isoformat(),
+                "updated_at": updated_at.isoformat(),
+                "archived_at": archived_at.isoformat() if archived_at else None,
+                "deleted_at": deleted_at.isoformat() if deleted_at else None,
+                "version": version,
+            }
+        )
+    return out
+
+
+def _by_ref_select(dialect: str, kind: str) -> Select[Any]:
+    # One statement object per dialect and kind, the value bound at execution:
+    # SQLAlchemy memoizes its cache key, so a staff read (scope_tickets returns
+    # the statement unchanged) skips building and keying the statement.
+    found = _BY_REF_SELECTS.get((dialect, kind))
+    if found is None:
+        column = _tickets.c.id if kind == "id" else _tickets.c.number
+        found = ticket_read_select(dialect).where(column == bindparam("ref"))
+        _BY_REF_SELECTS[(dialect, kind)] = found
+    return found
+
+
+def read_ticket(session: Session, principal: Principal, ref: str | uuid.UUID) -> dict[str, Any]:
+    """``ticket_out`` of a ticket by UUID or by number, in one statement.
+
+    NotFound when absent or not visible (``scope_tickets``: the same rule as
+    :func:`get_ticket`'s ``check_ticket_visible``).
+    """
+    parsed = _parse_ref(ref)
+    if parsed is None:
+        raise NotFound("no such ticket")
+    kind, value = parsed
+    dialect = session.get_bind().dialect.name
+    stmt = scope_tickets(_by_ref_select(dialect, kind), principal)
+    rows = session.connection().execute(stmt, {"ref": value}).all()
+    if not rows:
+        raise NotFound("no such ticket")
+    return ticket_rows_out(rows, dialect, principal)[0]
 
 
 def _next_number(session: Session) -> int:

@@ -11,10 +11,11 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db import utcnow
@@ -160,28 +161,74 @@ def revoke_token(session: Session, user: User, token_id: uuid.UUID | str) -> Api
     return token
 
 
-def authenticate(session: Session, secret: str) -> User:
-    """The active user a bearer token belongs to; Unauthorized otherwise."""
+@dataclass(frozen=True, slots=True)
+class TokenOwner:
+    """The user a valid token belongs to, as :func:`authenticate` read it.
+
+    Plain columns, not a ``User`` object: it has what ``Principal.of`` and the
+    sign-in page use (``id``, ``role``, ``email``, ``name``), and nothing to
+    change. Load the ``User`` for that.
+    """
+
+    id: uuid.UUID
+    role: str
+    email: str
+    name: str
+    active: bool
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role in ("admin", "agent")
+
+
+_api_tokens = cast(Table, ApiToken.__table__)
+_users = cast(Table, User.__table__)
+_TOKEN_LOOKUP = (
+    select(
+        _api_tokens.c.id,
+        _api_tokens.c.token_hash,
+        _api_tokens.c.revoked_at,
+        _api_tokens.c.last_used_at,
+        _users.c.id,
+        _users.c.role,
+        _users.c.email,
+        _users.c.name,
+        _users.c.active,
+    )
+    .select_from(_api_tokens.join(_users, _users.c.id == _api_tokens.c.user_id))
+    .where(_api_tokens.c.token_hash == bindparam("digest"))
+)
+_TOUCH_TOKEN = (
+    update(_api_tokens)
+    .where(_api_tokens.c.id == bindparam("token_id"))
+    .values(last_used_at=bindparam("now"))
+)
+
+
+def authenticate(session: Session, secret: str) -> TokenOwner:
+    """The active user a bearer token belongs to; Unauthorized otherwise.
+
+    One row by Core (token and user columns), and at most every
+    ``LAST_USED_RESOLUTION`` a Core UPDATE of the token's ``last_used_at``,
+    in the caller's transaction.
+    """
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 128:
         raise Unauthorized("invalid token")
     digest = hash_token(secret)
-    row = session.execute(
-        select(ApiToken, User)
-        .join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_hash == digest)
-    ).first()
+    conn = session.connection()
+    row = conn.execute(_TOKEN_LOOKUP, {"digest": digest}).first()
     if row is None:
         raise Unauthorized("invalid token")
-    token, user = row
-    if not hmac.compare_digest(token.token_hash, digest):
+    token_id, token_hash, revoked_at, last_used_at, user_id, role, email, name, active = row
+    if not hmac.compare_digest(token_hash, digest):
         raise Unauthorized("invalid token")
-    if token.revoked_at is not None or not user.active:
+    if revoked_at is not None or not active:
         raise Unauthorized("token revoked or user inactive")
     now = utcnow()
     # Coarse on purpose: a write per request would cost every read its speed.
-    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
-        token.last_used_at = now
-    return user
+    if last_used_at is None or now - last_used_at > LAST_USED_RESOLUTION:
+        conn.execute(_TOUCH_TOKEN, {"token_id": token_id, "now": now})
+    return TokenOwner(id=user_id, role=role, email=email, name=name, active=active)
 
 
 def add_user_cli(

@@ -13,7 +13,7 @@ from gateway.errors import PreconditionFailed
 from gateway.permissions import Principal, require_staff
 from gateway.tickets import services
 from gateway.tickets.history import history_out, history_page
-from gateway.tickets.listing import ExtraFilters, list_tickets
+from gateway.tickets.listing import ExtraFilters, list_tickets_out
 from gateway.tickets.models import Ticket
 from gateway.tickets.schemas import (
     CustomerTicketCreate,
@@ -76,16 +76,17 @@ def create(session: Session, principal: Principal, body: Any):
     "`cf.<key>=<value>` filters; all must match.",
 )
 def index(session: Session, principal: Principal, query: TicketListQuery):
-    rows, cursor = list_tickets(
+    items, cursor = list_tickets_out(
         session, principal, query, ExtraFilters.from_params(request.args.to_dict())
     )
-    return {"items": services.tickets_out(session, rows, principal), "next_cursor": cursor}
+    return {"items": items, "next_cursor": cursor}
 
 
 @bp.get("/tickets/<ref>")
 @endpoint(summary="One ticket, by id or number", tag="tickets", response=TicketOut, etag=True)
 def show(session: Session, principal: Principal, ref: str):
-    return ticket_response(session, services.get_ticket(session, principal, ref), principal)
+    body = services.read_ticket(session, principal, ref)
+    return body, 200, {"ETag": f'"{body["version"]}"'}
 
 
 @bp.patch("/tickets/<ref>")
