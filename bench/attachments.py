@@ -22,8 +22,9 @@ peak RSS during the upload under 2x the file size above idle.
     .venv/bin/python bench/attachments.py --rounds 3 --size-mib 10
     .venv/bin/python bench/attachments.py --results bench/RESULTS.md --date 2026-11-26
 
-``--results`` replaces only this benchmark's section of that file (between
-its markers), leaving every other section as it was. Nothing is sent to any
+``--results`` adds the run as a dated subsection (``--date``, ``--label``) at
+the top of this benchmark's section of that file (between its markers),
+keeping the earlier runs and leaving every other section as it was. Nothing is sent to any
 address but 127.0.0.1.
 """
 
@@ -305,6 +306,23 @@ def _run_quiet(argv: list[str]) -> str:
 # --- report --------------------------------------------------------------------------
 
 
+def _commit() -> str:
+    """HEAD's short hash, read from .git directly (no git process)."""
+    try:
+        head = (REPO / ".git" / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            loose = REPO / ".git" / ref
+            if loose.exists():
+                head = loose.read_text().strip()
+            else:
+                packed = (REPO / ".git" / "packed-refs").read_text().splitlines()
+                head = next(line.split()[0] for line in packed if line.endswith(" " + ref))
+        return head[:7]
+    except (OSError, StopIteration):
+        return "n/a"
+
+
 def machine() -> dict[str, str]:
     lscpu = _run_quiet(["lscpu"])
     model = re.search(r"Model name:\s*(.+)", lscpu)
@@ -314,11 +332,15 @@ def machine() -> dict[str, str]:
         "cpu": model.group(1).strip() if model else "n/a",
         "memory": mem.group(1) if mem else "n/a",
         "python": sys.version.split()[0],
-        "commit": _run_quiet(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "commit": _commit(),
     }
 
 
-def report(result: dict[str, Any], facts: dict[str, str], date: str) -> str:
+HEADING = "## Attachments: 25 MiB through the API vs a plain file copy (`bench/attachments.py`)"
+
+
+def report(result: dict[str, Any], facts: dict[str, str], date: str, label: str = "") -> str:
+    """One dated subsection (``### date``) of this benchmark's section."""
     size = result["size_mib"]
     copy = result["copy_mbps"]["median"]
     synced = result["copy_fsync_mbps"]["median"]
@@ -336,19 +358,18 @@ def report(result: dict[str, Any], facts: dict[str, str], date: str) -> str:
     ok_rss = rss["grown"] < limit
     return "\n".join(
         [
-            START,
-            "## Attachments: 25 MiB through the API vs a plain file copy (`bench/attachments.py`)",
+            f"### {date}{': ' + label if label else ''}",
             "",
-            f"Date {date}; machine: {facts['nproc']} cores ({facts['cpu']}), "
+            f"Machine: {facts['nproc']} cores ({facts['cpu']}), "
             f"{facts['memory']} RAM, Python {facts['python']}, commit {facts['commit']} "
-            "plus the attachment work not yet committed. "
+            "plus work not yet committed. "
             f"`supportgate api` under gunicorn ({result['workers']} workers x "
             f"{result['threads']} threads, gthread), embedded SQLite, local storage; "
             f"client `requests` over 127.0.0.1; {result['rounds']} rounds each after a "
             f"warm-up, a {size} MiB file of random bytes, every download checked by sha256. "
             f"Filesystem: `{' '.join(result['filesystem'])}`. Machine load (1-minute "
             f"average) {result['load_before']:.1f} before and {result['load_after']:.1f} after "
-            "the run: other work shared the 2 cores, so absolute figures are low and noisy; "
+            "the run: other work shared the cores, so absolute figures are noisy; "
             "the ratios compare runs made side by side.",
             "",
             "| what | MB/s (median) | range | compared with |",
@@ -359,13 +380,13 @@ def report(result: dict[str, Any], facts: dict[str, str], date: str) -> str:
                 "API upload (multipart → sniff, hash, fsync, rename)",
                 up,
                 f"{up['median'] / synced:.0%} of copy+fsync, {up['median'] / copy:.0%} of copy "
-                f"— target ≥ 50%: {'met' if ok_up else 'NOT met'}",
+                f"— target ≥ 50% of copy+fsync: {'PASS' if ok_up else 'FAIL'}",
             ),
             row(
                 "API download (`wsgi.file_wrapper` → sendfile)",
                 down,
                 f"{down['median'] / copy:.0%} of copy — target ≥ 50%: "
-                f"{'met' if ok_down else 'NOT met'}",
+                f"{'PASS' if ok_down else 'FAIL'}",
             ),
             "",
             "| API worker RSS | idle | peak | above idle |",
@@ -375,35 +396,26 @@ def report(result: dict[str, Any], facts: dict[str, str], date: str) -> str:
             f"| during a {size} MiB download | {drss['idle'] / MIB:,.1f} MiB | "
             f"{drss['peak'] / MIB:,.1f} MiB | {drss['grown'] / MIB:,.1f} MiB |",
             "",
-            f"Target: under 2x the file size ({2 * size} MiB) above idle during the upload: "
-            f"{'met' if ok_rss else 'NOT met'} (measured as {rss['method']}). The upload "
-            "streams through 64 KiB reads of the multipart reader into a staged file "
-            "(hashed and size-checked as it is written), so memory does not grow with "
-            "the file.",
-            "",
-            "Why the upload is below its target: each byte is received through gunicorn "
-            "and the multipart reader in Python, hashed (sha256, about 1 GB/s on one core "
-            "here), written and fsynced before the row commits, all on the request's "
-            "thread, while the copy is one `copy_file_range` in the kernel. Werkzeug's own "
-            "multipart parser (which the upload first used) ran at 100-500 MB/s on its "
-            "own; it was replaced by `web/multipart.py` (about 2 GB/s alone), and the body "
-            "is read from gunicorn's length reader instead of its re-buffering "
-            "`wsgi.input`. Not tried yet: hashing in a second thread while the file is "
-            "written (hashlib releases the GIL), which would overlap the largest "
-            "remaining cost.",
-            END,
+            f"Memory target: under 2x the file size ({2 * size} MiB) above idle during the "
+            f"upload: {'PASS' if ok_rss else 'FAIL'} (measured as {rss['method']}).",
         ]
     )
 
 
-def write_results(path: Path, section: str) -> None:
+def write_results(path: Path, subsection: str) -> None:
+    """Add ``subsection`` to this benchmark's section of ``path``, newest first,
+    keeping the earlier subsections and every other section as they were."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     if START in text and END in text:
         before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
+        body, after = rest.split(END, 1)
+        heading, _, earlier = body.strip("\n").partition("\n")
+        if not heading.startswith("## "):
+            heading, earlier = HEADING, body.strip("\n")
+        section = f"{heading}\n\n{subsection}\n\n{earlier.strip()}".rstrip()
+        text = f"{before}{START}\n{section}\n{END}{after}"
     else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+        text = f"{text.rstrip()}\n\n{START}\n{HEADING}\n\n{subsection}\n{END}\n"
     path.write_text(text)
 
 
@@ -416,6 +428,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "attachments"))
     parser.add_argument("--results", help="update this markdown file's section (RESULTS.md)")
     parser.add_argument("--date", default=time.strftime("%Y-%m-%d"))
+    parser.add_argument("--label", default="", help="title of the dated subsection")
     args = parser.parse_args()
     raise_on_term()
     try:
@@ -425,7 +438,7 @@ def main() -> int:
         return 2
     facts = machine()
     Path(args.out, "result.json").write_text(json.dumps({**result, "machine": facts}, indent=2))
-    section = report(result, facts, args.date)
+    section = report(result, facts, args.date, args.label)
     print(section)
     if args.results:
         write_results(Path(args.results), section)

@@ -2,9 +2,10 @@
 
 Werkzeug's parser scans its buffer with regular expressions and tops out at a
 few hundred MB/s; this one looks for the delimiter with ``bytes.find`` over
-1 MiB reads and hands file data to its stream factory as memoryviews, so a
-25 MiB upload costs one copy into the buffer and one write. Memory stays at
-about one read whatever the file size.
+large reads and hands file data to its stream factory as the reads' own
+immutable ``bytes`` (or memoryviews of them), so file data is never copied
+between the socket reader and the file's ``write``. Memory stays at about two
+reads whatever the file size.
 
 Only what browsers and HTTP clients send is accepted (RFC 7578): parts with
 ``Content-Disposition: form-data; name=…`` (and ``filename=…`` for files);
@@ -40,15 +41,20 @@ class _Reader:
         self.buf = bytearray()
         self.eof = False
 
-    def fill(self) -> bool:
+    def read(self) -> bytes:
+        """The next read as ``bytes`` (empty at the end), past ``buf``."""
         if self.eof:
-            return False
+            return b""
         data = self._read(self.size)
         if not data:
             self.eof = True
-            return False
+            return b""
+        return data if type(data) is bytes else bytes(data)
+
+    def fill(self) -> bool:
+        data = self.read()
         self.buf += data
-        return True
+        return bool(data)
 
     def until(self, marker: bytes, limit: int, what: str) -> bytes:
         """Everything before ``marker`` (consumed with it), at most ``limit`` bytes."""
@@ -155,7 +161,12 @@ class _FieldValue:
 def _copy_until(
     reader: _Reader, separator: bytes, write: Callable[[Any], Any], delimiter: bytes
 ) -> None:
-    """Hand everything before ``separator`` to ``write``, in read-sized pieces.
+    """Hand everything before ``separator`` to ``write``, one read at a time.
+
+    Each piece given to ``write`` is a read's own ``bytes`` (or a memoryview of
+    one): never copied, and immutable, so a writer may keep it. A read is
+    passed on once the next one shows that no separator starts in its last
+    bytes; memory stays at about two reads.
 
     An empty part may come as the blank line straight followed by the
     delimiter (the header block's CRLF doubling as the delimiter's, as
@@ -166,21 +177,39 @@ def _copy_until(
         del reader.buf[: len(delimiter)]
         return
     keep = len(separator) - 1
-    start = 0
+    pending = bytes(reader.buf)
+    reader.buf.clear()
+    # No separator starts before ``searched`` in ``pending``.
+    searched = 0
     while True:
-        buf = reader.buf
-        found = buf.find(separator, start)
+        found = pending.find(separator, searched)
         if found >= 0:
-            if found:
-                with memoryview(buf) as view:
-                    write(view[:found])
-            del buf[: found + len(separator)]
+            _emit(write, pending, found)
+            reader.buf += memoryview(pending)[found + len(separator) :]
             return
-        if len(buf) > keep:
-            cut = len(buf) - keep
-            with memoryview(buf) as view:
-                write(view[:cut])
-            del buf[:cut]
-        start = 0
-        if not reader.fill():
+        searched = max(searched, len(pending) - keep)
+        chunk = reader.read()
+        if not chunk:
             raise MultipartError("the body ends inside a part")
+        if len(chunk) < keep:
+            # Too short to settle the seam: join it to the unsettled tail.
+            _emit(write, pending, searched)
+            pending = pending[searched:] + chunk
+            searched = 0
+            continue
+        seam = pending[searched:] + chunk[:keep]
+        found = seam.find(separator)
+        if found >= 0:
+            _emit(write, pending, searched + found)
+            reader.buf += memoryview(chunk)[found + len(separator) - (len(pending) - searched) :]
+            return
+        _emit(write, pending, len(pending))
+        pending, searched = chunk, 0
+
+
+def _emit(write: Callable[[Any], Any], data: bytes, end: int) -> None:
+    if end == len(data):
+        if end:
+            write(data)
+    elif end:
+        write(memoryview(data)[:end])

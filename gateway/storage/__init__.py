@@ -4,6 +4,8 @@ Identical files are stored once; a file is removed only when no attachment
 row references it any more (see :func:`collect`).
 
     staging.py   StagedFile: an upload streamed to a temp file while hashed
+    hashing.py   FileHasher: the SHA-256 of a large staged file, on a helper thread
+    writeback.py start_writeback: begin writing dirty pages early (short fsync)
     local.py     LocalStorage: ``root/ab/cd/<sha256>``, commit = fsync + rename
     s3.py        S3Storage: the same keys in an S3-compatible bucket (boto3)
 
