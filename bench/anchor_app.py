@@ -1,21 +1,27 @@
 """The bare anchor: the product's SQL behind the thinnest Flask app that can serve it.
 
-``bench/api_list.py`` captures, from the real product, the statements that
-``GET /api/v1/tickets/{id}`` and each benchmarked ``GET /api/v1/tickets?...``
-send to PostgreSQL, and writes them to a JSON file. This app reads that file
-(path in ``SG_BENCH_ANCHOR_SQL``) and, per request, runs the same statement
-texts through plain psycopg 3 (one connection per gunicorn thread, the
-driver's defaults, one transaction per request: BEGIN … COMMIT):
+``bench/api_list.py`` records, from real requests to the product, the
+statements that ``GET /api/v1/tickets/{id}`` and each benchmarked
+``GET /api/v1/tickets?...`` send to PostgreSQL now, with their bound
+parameters, and writes them to a JSON file. This app reads that file (path in
+``SG_BENCH_ANCHOR_SQL``) and, per request, runs the same statement texts
+through plain psycopg 3 (one connection per gunicorn thread, the driver's
+defaults, one transaction per request: BEGIN … COMMIT):
 
-1. the token lookup (``api_tokens JOIN users`` by SHA-256 of the bearer token),
-2. the ticket query (by id: bound to the requested id; lists: the captured
-   parameters of that exact URL, since every benchmarked list URL is fixed),
-3. the tags query for the ids the ticket query returned (IN-list re-expanded
-   for that many ids, exactly as SQLAlchemy renders it),
-4. the metadata query for the ids on the page (same),
+1. the Core token lookup (``api_tokens JOIN users`` by SHA-256 of the bearer
+   token), and, as ``gateway.users.services.authenticate`` does, the
+   ``UPDATE api_tokens SET last_used_at`` when the token's ``last_used_at``
+   is unset or older than ten minutes;
+2. the one ticket statement: tickets with the customer and the assignee
+   joined, tags (``array_agg``) and metadata (``json_object_agg``) in
+   correlated subqueries. By id: bound to the requested id; lists: the
+   captured parameters of that exact URL (every benchmarked list URL is fixed).
 
-then builds the same JSON document as the product's ``ticket_out`` and
-returns it. Nothing else: no ORM, no pydantic, no metrics, no rate limiter.
+It then builds the same JSON document as the product (``ticket_rows_out`` of
+``gateway/tickets/services.py``, the page and ``next_cursor`` of
+``gateway/tickets/listing.py``) and returns it. Nothing else: no ORM, no
+SQLAlchemy, no pydantic, no metrics, no rate limiter. The benchmark checks,
+before any load, that both servers return byte-identical bodies.
 
 Run by the benchmark as ``gunicorn --chdir bench 'anchor_app:create_app()'``.
 """
@@ -27,10 +33,9 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -40,12 +45,22 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 STATUSES = ("new", "open", "pending", "on_hold", "solved", "closed")
 STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}
 JSON_TYPE = "application/json"
+TOKEN_PREFIX = "sg_"  # noqa: S105 -- gateway.users.services.TOKEN_PREFIX, public
+LAST_USED_RESOLUTION = timedelta(minutes=10)  # gateway.users.services
 
-_SELECT_ITEM = re.compile(r"^(\w+)\.(\w+)(?: AS (\w+))?$")
-_IN_LIST = re.compile(r"IN \(((?:%\((\w+?)_\d+\)s(?:::\w+)?(?:, )?)+)\)")
-
-
-# --- the captured SQL, turned into what a request needs ------------------------------------
+# Columns the statements must return (checked against the cursor's description).
+AUTH_COLUMNS = (
+    "id", "token_hash", "revoked_at", "last_used_at",
+    "id_1", "role", "email", "name", "active",
+)  # fmt: skip
+TICKET_COLUMNS = (
+    "id", "number", "title", "description", "status", "priority", "channel",
+    "customer_id", "customer_email", "customer_name",
+    "assignee_id", "assignee_email", "assignee_name",
+    "tags", "metadata", "custom_fields", "message_count", "note_count",
+    "created_at", "updated_at", "archived_at", "deleted_at", "version",
+)  # fmt: skip
+T = {name: i for i, name in enumerate(TICKET_COLUMNS)}
 
 
 def decode_param(value: Any) -> Any:
@@ -59,94 +74,35 @@ def decode_param(value: Any) -> Any:
     return value
 
 
-def select_layout(sql: str) -> list[tuple[str, str]]:
-    """(table or alias, column) of each item of the statement's SELECT list."""
-    head = sql.split("\nFROM ", 1)[0]
-    if not head.startswith("SELECT "):
-        raise ValueError(f"not a SELECT: {sql[:60]!r}")
-    layout = []
-    for item in head[len("SELECT ") :].strip().split(", "):
-        found = _SELECT_ITEM.match(item.strip())
-        if not found:
-            raise ValueError(f"unexpected select item {item!r}")
-        layout.append((found.group(1), found.group(2)))
-    return layout
-
-
-def alias_of(sql: str, foreign_key: str) -> str:
-    """The users alias joined on ``tickets.<foreign_key>``."""
-    found = re.search(rf"AS (\w+) ON \1\.id = tickets\.{foreign_key}\b", sql)
-    if not found:
-        raise ValueError(f"no users join on tickets.{foreign_key}")
-    return found.group(1)
-
-
-class InList:
-    """A statement with one expanded ``IN (%(p_1)s::UUID, …)``, re-expandable for n values."""
-
-    def __init__(self, sql: str) -> None:
-        found = _IN_LIST.search(sql)
-        if not found:
-            raise ValueError(f"no expanded IN list in {sql[:80]!r}")
-        self.head, self.tail = sql[: found.start(1)], sql[found.end(1) :]
-        self.name = found.group(2)
-        cast = re.search(r"\)s(::\w+)", found.group(1))
-        self.cast = cast.group(1) if cast else ""
-        self._cache: dict[int, str] = {}
-
-    def sql(self, n: int) -> str:
-        text = self._cache.get(n)
-        if text is None:
-            inner = ", ".join(f"%({self.name}_{i})s{self.cast}" for i in range(1, n + 1))
-            text = self._cache[n] = self.head + inner + self.tail
-        return text
-
-    def params(self, values: list[Any]) -> dict[str, Any]:
-        return {f"{self.name}_{i}": v for i, v in enumerate(values, 1)}
-
-
-class TicketQuery:
-    """The ticket SELECT (tickets + customer + assignee) and how to read its rows."""
-
-    def __init__(self, sql: str) -> None:
-        self.sql = sql
-        layout = select_layout(sql)
-        customer, assignee = alias_of(sql, "customer_id"), alias_of(sql, "assignee_id")
-        self.ticket = {col: i for i, (table, col) in enumerate(layout) if table == "tickets"}
-        self.customer = {col: i for i, (table, col) in enumerate(layout) if table == customer}
-        self.assignee = {col: i for i, (table, col) in enumerate(layout) if table == assignee}
+def _one_param(entry: dict[str, Any]) -> str:
+    (name,) = entry["params"].keys()
+    return str(name)
 
 
 class Plan:
-    """Everything captured from the product, ready to run."""
+    """The captured statements, ready to run."""
 
     def __init__(self, captured: dict[str, Any]) -> None:
         self.dsn: str = captured["dsn"]
-        auth_sql = captured["auth"]["sql"]
-        self.auth_sql = auth_sql
-        (self.auth_param,) = captured["auth"]["params"].keys()
-        auth_layout = select_layout(auth_sql)
-        self.auth_cols = {
-            "token_hash": auth_layout.index(("api_tokens", "token_hash")),
-            "revoked_at": auth_layout.index(("api_tokens", "revoked_at")),
-            "active": auth_layout.index(("users", "active")),
-        }
-        by_id = captured["by_id"]
-        self.by_id = TicketQuery(by_id["main"]["sql"])
-        (self.by_id_param,) = by_id["main"]["params"].keys()
-        self.by_id_tags = InList(by_id["tags"]["sql"])
-        self.by_id_meta = InList(by_id["metadata"]["sql"])
+        self.auth_sql: str = captured["auth"]["sql"]
+        self.auth_param = _one_param(captured["auth"])
+        touch = captured["touch"]
+        self.touch_sql: str = touch["sql"]
+        params = set(touch["params"])
+        self.touch_now = next(p for p in params if "now" in p)
+        (self.touch_id,) = params - {self.touch_now}
+        self.by_id_sql: str = captured["by_id"]["main"]["sql"]
+        self.by_id_param = _one_param(captured["by_id"]["main"])
         self.lists: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
         for entry in captured["lists"]:
             key = tuple(sorted((k, v) for k, v in entry["query"]))
             self.lists[key] = {
-                "main": TicketQuery(entry["main"]["sql"]),
+                "sql": entry["main"]["sql"],
                 "params": {k: decode_param(v) for k, v in entry["main"]["params"].items()},
-                "tags": InList(entry["tags"]["sql"]),
-                "metadata": InList(entry["metadata"]["sql"]),
                 "limit": int(entry["limit"]),
                 "sort": entry["sort"],
             }
+        self.checked: set[str] = set()  # statements whose result columns were checked
 
 
 # --- per request ---------------------------------------------------------------------------------
@@ -161,40 +117,47 @@ def _conn(dsn: str) -> psycopg.Connection[Any]:
     return conn
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value is not None else None
+def _check_columns(plan: Plan, cur: psycopg.Cursor[Any], sql: str, want: tuple[str, ...]) -> None:
+    if sql in plan.checked:
+        return
+    got = tuple(c.name for c in cur.description or ())
+    if got != want:
+        raise RuntimeError(f"the captured statement returns {got}, the anchor reads {want}")
+    plan.checked.add(sql)
 
 
-def _user_ref(row: tuple[Any, ...], cols: dict[str, int]) -> dict[str, Any] | None:
-    if row[cols["id"]] is None:
-        return None
-    return {"id": str(row[cols["id"]]), "email": row[cols["email"]], "name": row[cols["name"]]}
+def _iso(value: datetime) -> str:
+    # The product's UTCDateTime column type: astimezone(UTC), then isoformat().
+    return value.astimezone(UTC).isoformat()
 
 
-def _ticket_out(
-    row: tuple[Any, ...], q: TicketQuery, tags: list[str], meta: dict[str, str]
-) -> dict[str, Any]:
-    t = q.ticket
-    return {
-        "id": str(row[t["id"]]),
-        "number": row[t["number"]],
-        "title": row[t["title"]],
-        "description": row[t["description"]],
-        "status": row[t["status"]],
-        "priority": PRIORITIES[row[t["priority"]]],
-        "channel": row[t["channel"]],
-        "customer": _user_ref(row, q.customer),
-        "assignee": _user_ref(row, q.assignee),
-        "tags": tags,
-        "metadata": meta,
-        "custom_fields": row[t["custom_fields"]] or {},
-        "message_count": row[t["message_count"]],  # staff caller: notes included
-        "created_at": _iso(row[t["created_at"]]),
-        "updated_at": _iso(row[t["updated_at"]]),
-        "archived_at": _iso(row[t["archived_at"]]),
-        "deleted_at": _iso(row[t["deleted_at"]]),
-        "version": row[t["version"]],
-    }
+def _tickets_out(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """``ticket_rows_out`` for a staff caller on PostgreSQL, same key order."""
+    return [
+        {
+            "id": str(r[0]),
+            "number": r[1],
+            "title": r[2],
+            "description": r[3],
+            "status": r[4],
+            "priority": PRIORITIES[r[5]],
+            "channel": r[6],
+            "customer": None if r[8] is None else {"id": str(r[7]), "email": r[8], "name": r[9]},
+            "assignee": None
+            if r[11] is None
+            else {"id": str(r[10]), "email": r[11], "name": r[12]},
+            "tags": r[13] or [],
+            "metadata": r[14] or {},
+            "custom_fields": r[15] or {},
+            "message_count": r[16],  # staff caller: notes included
+            "created_at": _iso(r[18]),
+            "updated_at": _iso(r[19]),
+            "archived_at": _iso(r[20]) if r[20] else None,
+            "deleted_at": _iso(r[21]) if r[21] else None,
+            "version": r[22],
+        }
+        for r in rows
+    ]
 
 
 def _problem(status: int, title: str) -> Response:
@@ -203,43 +166,22 @@ def _problem(status: int, title: str) -> Response:
 
 
 def _authenticate(plan: Plan, cur: psycopg.Cursor[Any]) -> bool:
+    """``authenticate``: token lookup, checks, and the coarse last_used_at UPDATE."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         return False
-    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+    digest = hashlib.sha256(token.encode()).hexdigest()
     row = cur.execute(plan.auth_sql, {plan.auth_param: digest}).fetchone()
-    c = plan.auth_cols
-    return (
-        row is not None
-        and hmac.compare_digest(row[c["token_hash"]], digest)
-        and row[c["revoked_at"]] is None
-        and bool(row[c["active"]])
-    )
-
-
-def _tickets_out(
-    cur: psycopg.Cursor[Any],
-    q: TicketQuery,
-    rows: list[tuple[Any, ...]],
-    tags_q: InList,
-    meta_q: InList,
-    shown: int,
-) -> list[dict[str, Any]]:
-    """Tags for every fetched row (as the ORM's selectin load), metadata for the shown ones."""
-    id_col = q.ticket["id"]
-    ids = [r[id_col] for r in rows]
-    if not ids:
-        return []
-    tags: dict[Any, list[str]] = {i: [] for i in ids}
-    for ticket_id, tag in cur.execute(tags_q.sql(len(ids)), tags_q.params(ids)):
-        tags[ticket_id].append(tag)
-    page = rows[:shown]
-    meta: dict[Any, dict[str, str]] = {r[id_col]: {} for r in page}
-    if page:
-        page_ids = [r[id_col] for r in page]
-        for ticket_id, key, value in cur.execute(meta_q.sql(len(page)), meta_q.params(page_ids)):
-            meta[ticket_id][key] = value
-    return [_ticket_out(r, q, tags[r[id_col]], meta[r[id_col]]) for r in page]
+    _check_columns(plan, cur, plan.auth_sql, AUTH_COLUMNS)
+    if row is None or not hmac.compare_digest(row[1], digest):
+        return False
+    if row[2] is not None or not row[8]:
+        return False
+    now = datetime.now(UTC)
+    if row[3] is None or now - row[3] > LAST_USED_RESOLUTION:
+        cur.execute(plan.touch_sql, {plan.touch_id: row[0], plan.touch_now: now})
+    return True
 
 
 def _encode_cursor(kind: str, *values: Any) -> str:
@@ -247,17 +189,17 @@ def _encode_cursor(kind: str, *values: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _next_cursor(sort: str, q: TicketQuery, last: tuple[Any, ...]) -> str:
+def _next_cursor(sort: str, last: tuple[Any, ...]) -> str:
     name = sort.lstrip("-")
     kind = f"tickets:{sort}"
     if name == "number":
-        return _encode_cursor(kind, last[q.ticket["number"]])
+        return _encode_cursor(kind, last[T["number"]])
     if name == "status":
-        key: Any = STATUS_RANK.get(last[q.ticket["status"]], len(STATUS_RANK))
+        key: Any = STATUS_RANK.get(last[T["status"]], len(STATUS_RANK))
     else:
-        key = last[q.ticket[name]]
+        key = last[T[name]]
         key = _iso(key) if isinstance(key, datetime) else key
-    return _encode_cursor(kind, key, str(last[q.ticket["id"]]))
+    return _encode_cursor(kind, key, str(last[T["id"]]))
 
 
 def create_app(path: str | None = None) -> Flask:
@@ -280,11 +222,11 @@ def create_app(path: str | None = None) -> Flask:
         with conn.transaction(), conn.cursor() as cur:
             if not _authenticate(plan, cur):
                 return _problem(401, "invalid token")
-            q = plan.by_id
-            rows = cur.execute(q.sql, {plan.by_id_param: ticket_id}).fetchall()
-            if not rows:
-                return _problem(404, "no such ticket")
-            body = _tickets_out(cur, q, rows, plan.by_id_tags, plan.by_id_meta, 1)[0]
+            rows = cur.execute(plan.by_id_sql, {plan.by_id_param: ticket_id}).fetchall()
+            _check_columns(plan, cur, plan.by_id_sql, TICKET_COLUMNS)
+        if not rows:
+            return _problem(404, "no such ticket")
+        body = _tickets_out(rows[:1])[0]
         response = Response(json.dumps(body), mimetype=JSON_TYPE)
         response.headers["ETag"] = f'"{body["version"]}"'
         return response
@@ -298,12 +240,13 @@ def create_app(path: str | None = None) -> Flask:
         with conn.transaction(), conn.cursor() as cur:
             if not _authenticate(plan, cur):
                 return _problem(401, "invalid token")
-            q: TicketQuery = entry["main"]
-            rows = cur.execute(q.sql, entry["params"]).fetchall()
-            limit = entry["limit"]
-            items = _tickets_out(cur, q, rows, entry["tags"], entry["metadata"], limit)
-        more = len(rows) > limit and limit > 0
-        cursor = _next_cursor(entry["sort"], q, rows[limit - 1]) if more else None
-        return Response(json.dumps({"items": items, "next_cursor": cursor}), mimetype=JSON_TYPE)
+            rows = cur.execute(entry["sql"], entry["params"]).fetchall()
+            _check_columns(plan, cur, entry["sql"], TICKET_COLUMNS)
+        limit = entry["limit"]
+        page = rows[:limit]
+        more = len(rows) > limit and page
+        cursor = _next_cursor(entry["sort"], page[-1]) if more else None
+        body = {"items": _tickets_out(page), "next_cursor": cursor}
+        return Response(json.dumps(body), mimetype=JSON_TYPE)
 
     return app

@@ -6,11 +6,16 @@ One run:
    project's Alembic migrations and seeds it with COPY (default 1,000,000
    tickets, a few hundred customers, ~20 agents, tags, metadata), then
    VACUUM ANALYZE; an admin token comes from ``gateway.users.services``;
-2. captures, in-process, the SQL the product sends for each scenario and
-   writes it where ``bench/anchor_app.py`` reads it;
+2. captures, in-process, the statements the product sends now for each
+   scenario, with their bound parameters: the Core token lookup, ONE ticket
+   statement (customer and assignee joined, tags and metadata aggregated in
+   correlated subqueries) and the occasional ``last_used_at`` UPDATE (see
+   ``capture_product_sql``), and writes them where ``bench/anchor_app.py``
+   reads them: the anchor replays exactly these statements through plain
+   psycopg, one transaction per request;
 3. starts the product (``supportgate api``) and the anchor under gunicorn
    with the same settings (gthread, same workers and threads), on loopback;
-4. checks both answer every scenario with the same JSON, then loads each
+4. checks both answer every scenario with byte-identical JSON, then loads each
    with ``wrk`` (warm-up, then a fixed duration, bounded connections);
 5. prints requests/s, p50, p99 for both, the product/anchor ratio and the
    targets with PASS/FAIL; stops the servers it started (also on Ctrl-C).
@@ -474,19 +479,27 @@ def encode_param(value: Any) -> Any:
 def _classify(statement: str) -> str:
     if "FROM api_tokens JOIN users" in statement:
         return "auth"
+    if statement.startswith("UPDATE api_tokens SET last_used_at"):
+        return "touch"
     if statement.startswith("SELECT tickets.id"):
         return "main"
-    if statement.startswith("SELECT ticket_tags.ticket_id"):
-        return "tags"
-    if statement.startswith("SELECT ticket_metadata.ticket_id"):
-        return "metadata"
     return "other"
 
 
 def capture_product_sql(
     url: str, token: str, scenarios: list[Scenario], ids: list[str], deep_pages: int
 ) -> dict[str, Any]:
-    """Run each scenario in-process through the product and record the statements it sends.
+    """Record, in-process, the statements the product sends: the anchor's workload.
+
+    Per scenario, one real request to the product (after a first one that
+    warms it up) is recorded with SQLAlchemy's ``before_cursor_execute``:
+    the statement texts exactly as the driver receives them, with their bound
+    parameters. The product's read path must send the Core token lookup and
+    ONE ticket statement (tickets + customer + assignee joined, tags and
+    metadata aggregated in correlated subqueries), nothing else; the
+    ``UPDATE api_tokens SET last_used_at`` that ``authenticate`` sends at most
+    every ten minutes is recorded from the first request of the run (the
+    token is fresh). ``bench/anchor_app.py`` replays these statements.
 
     Also walks the default listing ``deep_pages`` pages along its cursor and
     sets the deep scenario's URL to the page reached.
@@ -497,7 +510,8 @@ def capture_product_sql(
     from web.app import create_app
 
     app = create_app(load_settings(database_url=url, rate_limit_per_minute=0))
-    engine = app.extensions["supportgate"].db.engine
+    db = app.extensions["supportgate"].db
+    engine = db.engine
     seen: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
@@ -512,43 +526,52 @@ def capture_product_sql(
             raise BenchError(f"product answered {response.status_code} to {path}: {response.text}")
         return response.get_json()
 
-    deep = next((s for s in scenarios if s.key == "list_deep"), None)
-    if deep is not None:
-        cursor = None
-        for page in range(deep_pages):
-            page_path = "/api/v1/tickets" + (f"?cursor={cursor}" if cursor else "")
-            cursor = get(page_path)["next_cursor"]
-            if cursor is None:
-                raise BenchError(f"the default listing ends after {page + 1} pages")
-        deep.path = f"/api/v1/tickets?cursor={cursor}"
-        deep.label = f"(e) cursor page {deep_pages + 1}"
+    def entry(statement: str, params: Any) -> dict[str, Any]:
+        return {"sql": statement, "params": {k: encode_param(v) for k, v in params.items()}}
 
-    captured: dict[str, Any] = {"dsn": conninfo(url), "lists": [], "other": []}
+    captured: dict[str, Any] = {"dsn": conninfo(url), "lists": [], "product": {}}
     event.listen(engine, "before_cursor_execute", record)
     try:
+        seen.clear()
+        get("/api/v1/tickets/" + ids[0])  # the first request of the (fresh) token
+        touch = [entry(s, p) for s, p in seen if _classify(s) == "touch"]
+        if len(touch) != 1:
+            raise BenchError(
+                "the product's first request with a fresh token sent no (or several) "
+                "UPDATE api_tokens SET last_used_at; bench/anchor_app.py needs updating"
+            )
+        captured["touch"] = touch[0]
+
+        deep = next((s for s in scenarios if s.key == "list_deep"), None)
+        if deep is not None:
+            cursor = None
+            for page in range(deep_pages):
+                page_path = "/api/v1/tickets" + (f"?cursor={cursor}" if cursor else "")
+                cursor = get(page_path)["next_cursor"]
+                if cursor is None:
+                    raise BenchError(f"the default listing ends after {page + 1} pages")
+            deep.path = f"/api/v1/tickets?cursor={cursor}"
+            deep.label = f"(e) cursor page {deep_pages + 1}"
+
         for s in scenarios:
             path = s.path + ids[0] if not s.is_list else s.path
-            get(path)  # first request: connection set-up, token last_used_at write
+            get(path)  # first request of this URL: statement caches, plans
             seen.clear()
             body = get(path)
-            found: dict[str, dict[str, Any]] = {}
-            for statement, params in seen:
-                kind = _classify(statement)
-                bound = {k: encode_param(v) for k, v in params.items()}
-                entry = {"sql": statement, "params": bound}
-                if kind == "other" or kind in found:
-                    captured["other"].append({"scenario": s.key, **entry})
-                else:
-                    found[kind] = entry
-            missing = {"auth", "main", "tags", "metadata"} - found.keys()
-            if missing:
+            sent = [entry(statement, params) for statement, params in seen]
+            captured["product"][s.key] = sent
+            kinds = [_classify(e["sql"]) for e in sent]
+            if kinds != ["auth", "main"]:
                 raise BenchError(
-                    f"{s.key}: the product no longer sends the expected statements "
-                    f"(missing {sorted(missing)}); bench/anchor_app.py needs updating"
+                    f"{s.key}: the product sent {kinds}, not [auth, main] (token lookup and "
+                    "one ticket statement); bench/anchor_app.py needs updating"
                 )
+            found = dict(zip(kinds, sent, strict=True))
             captured["auth"] = found["auth"]
             if not s.is_list:
-                captured["by_id"] = found
+                if len(found["main"]["params"]) != 1:
+                    raise BenchError(f"{s.key}: the ticket statement binds more than the id")
+                captured["by_id"] = {"main": found["main"]}
                 continue
             if not body["items"]:
                 raise BenchError(f"{s.key}: {path} returns no tickets; the data set is wrong")
@@ -560,12 +583,12 @@ def capture_product_sql(
                     "query": query,
                     "sort": q.get("sort", "-updated_at"),
                     "limit": int(q.get("limit", 25)),
-                    **found,
+                    "main": found["main"],
                 }
             )
     finally:
         event.remove(engine, "before_cursor_execute", record)
-        app.extensions["supportgate"].db.dispose()
+        db.dispose()
     for s in scenarios:
         s.paths = [s.path + i for i in ids] if not s.is_list else [s.path]
     return captured
@@ -955,29 +978,43 @@ def combine(samples: list[Run]) -> Run:
     )
 
 
-def _fetch(base: str, path: str, token: str) -> tuple[int, Any]:
+def _fetch(base: str, path: str, token: str) -> tuple[int, str | None, bytes]:
+    """Status, ETag and body bytes of a GET."""
     req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
-            return r.status, json.loads(r.read())
+            return r.status, r.headers.get("ETag"), r.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+        return exc.code, None, exc.read()
 
 
 def check_same_answers(
-    product: Server, anchor: Server, scenarios: list[Scenario], token: str
-) -> None:
-    """The anchor must answer every benchmarked request exactly as the product does."""
+    product: Server, anchor: Server, scenarios: list[Scenario], token: str, ids: int = 100
+) -> dict[str, int]:
+    """The anchor must answer every benchmarked request exactly as the product does.
+
+    Same status (200), same ETag, byte-identical body (hence equal parsed
+    JSON); by id for the first ``ids`` ids wrk requests. Returns the number of
+    requests compared per scenario.
+    """
+    compared: dict[str, int] = {}
     for s in scenarios:
-        for path in s.paths[:20]:
-            p_status, p_body = _fetch(product.base, path, token)
-            a_status, a_body = _fetch(anchor.base, path, token)
-            if p_status != 200 or a_status != 200 or p_body != a_body:
+        for path in s.paths[:ids]:
+            p_status, p_etag, p_body = _fetch(product.base, path, token)
+            a_status, a_etag, a_body = _fetch(anchor.base, path, token)
+            if p_status != 200 or a_status != 200 or p_etag != a_etag or p_body != a_body:
+                same_json = p_status == a_status == 200 and json.loads(p_body) == json.loads(a_body)
                 raise BenchError(
-                    f"{s.key}: product {p_status} and anchor {a_status} differ on {path}\n"
-                    f"product: {str(p_body)[:400]}\nanchor:  {str(a_body)[:400]}"
+                    f"{s.key}: product {p_status} and anchor {a_status} differ on {path} "
+                    f"(ETag {p_etag} / {a_etag}; equal parsed JSON: {same_json})\n"
+                    f"product: {p_body[:400]!r}\nanchor:  {a_body[:400]!r}"
                 )
-    log("anchor and product return identical JSON for every scenario")
+            compared[s.key] = compared.get(s.key, 0) + 1
+    log(
+        "anchor and product return byte-identical JSON (and ETag) for every scenario: "
+        + ", ".join(f"{k} {n}" for k, n in compared.items())
+    )
+    return compared
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -1225,7 +1262,7 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
     for server in (product, anchor):
         servers.append(server)
         server.start()
-    check_same_answers(product, anchor, scenarios, token)
+    compared = check_same_answers(product, anchor, scenarios, token)
 
     runs: dict[tuple[str, str], Run] = {}
     light: dict[tuple[str, str], Run] = {}
@@ -1262,6 +1299,7 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
         "runs": [asdict(r) for r in runs.values()],
         "light_runs": [asdict(r) for r in light.values()],
         "checks": [{"target": n, "pass": ok, "measured": got} for n, ok, got in checks],
+        "anchor_answers_compared": compared,
         "token_sha256_prefix": hashlib.sha256(token.encode()).hexdigest()[:12],
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=1, default=str))
