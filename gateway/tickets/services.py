@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from gateway.db import utcnow
+from gateway.db import DriverQuery, as_utc, utcnow
 from gateway.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from gateway.events import enqueue, record_event
 from gateway.metadata.models import TicketMetadata
@@ -123,6 +123,7 @@ _tag_rows = TicketTag.__table__
 _metadata_rows = TicketMetadata.__table__
 _READ_SELECTS: dict[str, Select[Any]] = {}
 _BY_REF_SELECTS: dict[tuple[str, str], Select[Any]] = {}
+_BY_REF_QUERIES: dict[tuple[str, str], DriverQuery] = {}
 
 
 def _aggregates(dialect: str) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
@@ -241,10 +242,10 @@ def ticket_rows_out(
                 "metadata": metadata or {},
                 "custom_fields": custom_fields or {},
                 "message_count": message_count - note_count if hide_notes else message_count,
-                "created_at": created_at.isoformat(),
-                "updated_at": updated_at.isoformat(),
-                "archived_at": archived_at.isoformat() if archived_at else None,
-                "deleted_at": deleted_at.isoformat() if deleted_at else None,
+                "created_at": as_utc(created_at).isoformat(),
+                "updated_at": as_utc(updated_at).isoformat(),
+                "archived_at": as_utc(archived_at).isoformat() if archived_at else None,
+                "deleted_at": as_utc(deleted_at).isoformat() if deleted_at else None,
                 "version": version,
             }
         )
@@ -274,8 +275,13 @@ def read_ticket(session: Session, principal: Principal, ref: str | uuid.UUID) ->
         raise NotFound("no such ticket")
     kind, value = parsed
     dialect = session.get_bind().dialect.name
-    stmt = scope_tickets(_by_ref_select(dialect, kind), principal)
-    rows = session.connection().execute(stmt, {"ref": value}).all()
+    base = _by_ref_select(dialect, kind)
+    query = _BY_REF_QUERIES.get((dialect, kind))
+    if query is None:
+        query = _BY_REF_QUERIES[(dialect, kind)] = DriverQuery(base)
+    # Staff see every ticket (scope_tickets returns ``base`` itself): the driver's
+    # fast way. A customer's scoped statement goes through SQLAlchemy.
+    rows = query.rows(session, {"ref": value}, scope_tickets(base, principal))
     if not rows:
         raise NotFound("no such ticket")
     return ticket_rows_out(rows, dialect, principal)[0]

@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.db import utcnow
+from gateway.db import DriverQuery, utcnow
 from gateway.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from gateway.pagination import decode_cursor, encode_cursor
 from gateway.permissions import Principal, require_admin
@@ -198,6 +198,7 @@ _TOKEN_LOOKUP = (
     .select_from(_api_tokens.join(_users, _users.c.id == _api_tokens.c.user_id))
     .where(_api_tokens.c.token_hash == bindparam("digest"))
 )
+_TOKEN_QUERY = DriverQuery(_TOKEN_LOOKUP)
 _TOUCH_TOKEN = (
     update(_api_tokens)
     .where(_api_tokens.c.id == bindparam("token_id"))
@@ -215,10 +216,10 @@ def authenticate(session: Session, secret: str) -> TokenOwner:
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 128:
         raise Unauthorized("invalid token")
     digest = hash_token(secret)
-    conn = session.connection()
-    row = conn.execute(_TOKEN_LOOKUP, {"digest": digest}).first()
-    if row is None:
+    found = _TOKEN_QUERY.rows(session, {"digest": digest})
+    if not found:
         raise Unauthorized("invalid token")
+    row = found[0]
     token_id, token_hash, revoked_at, last_used_at, user_id, role, email, name, active = row
     if not hmac.compare_digest(token_hash, digest):
         raise Unauthorized("invalid token")
@@ -227,7 +228,7 @@ def authenticate(session: Session, secret: str) -> TokenOwner:
     now = utcnow()
     # Coarse on purpose: a write per request would cost every read its speed.
     if last_used_at is None or now - last_used_at > LAST_USED_RESOLUTION:
-        conn.execute(_TOUCH_TOKEN, {"token_id": token_id, "now": now})
+        session.connection().execute(_TOUCH_TOKEN, {"token_id": token_id, "now": now})
     return TokenOwner(id=user_id, role=role, email=email, name=name, active=active)
 
 

@@ -290,3 +290,20 @@ def test_rows_carry_what_the_orm_path_shows(world: World) -> None:
         {},
         None,
     )
+
+
+def test_by_id_is_utc_whatever_the_database_session_zone(world: World) -> None:
+    """The driver's fast way gets timestamps in the session's time zone: still UTC out."""
+    from sqlalchemy import text
+
+    from gateway.tickets.services import read_ticket
+
+    made = world.populate()
+    ref = made[0]["id"]
+    expected = world.get("admin", f"/api/v1/tickets/{ref}").get_json()
+    with world.app.app_context(), world.db.transaction() as s:
+        if world.db.dialect == "postgresql":
+            s.execute(text("SET LOCAL TIME ZONE 'Asia/Kolkata'"))
+        body = read_ticket(s, world.principal(s, "admin"), ref)
+    assert body == expected
+    assert body["created_at"].endswith("+00:00")
