@@ -492,7 +492,7 @@ def capture_product_sql(
     """Record, in-process, the statements the product sends: the anchor's workload.
 
     Per scenario, one real request to the product (after a first one that
-    warms it up) is recorded with SQLAlchemy's ``before_cursor_execute``:
+    warms it up) is recorded at the driver (psycopg's ``Cursor.execute``):
     the statement texts exactly as the driver receives them, with their bound
     parameters. The product's read path must send the Core token lookup and
     ONE ticket statement (tickets + customer + assignee joined, tags and
@@ -504,18 +504,24 @@ def capture_product_sql(
     Also walks the default listing ``deep_pages`` pages along its cursor and
     sets the deep scenario's URL to the page reached.
     """
-    from sqlalchemy import event
+    import psycopg
 
     from gateway.config import load_settings
     from web.app import create_app
 
     app = create_app(load_settings(database_url=url, rate_limit_per_minute=0))
     db = app.extensions["supportgate"].db
-    engine = db.engine
     seen: list[tuple[str, Any]] = []
 
-    def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        seen.append((statement, params))
+    # Recorded at the driver (psycopg's Cursor.execute), so statements the product
+    # runs on the driver's cursor itself (gateway.db.DriverQuery) are seen too.
+    original_execute = psycopg.Cursor.execute
+
+    def recording_execute(self: Any, query: Any, params: Any = None, *a: Any, **k: Any) -> Any:
+        text = query if isinstance(query, str) else query.as_string(self)
+        if text.strip().rstrip(";").strip().upper() not in ("", "SELECT 1"):  # pool pings
+            seen.append((text, dict(params or {})))
+        return original_execute(self, query, params, *a, **k)
 
     client = app.test_client()
     headers = {"Authorization": f"Bearer {token}"}
@@ -530,7 +536,7 @@ def capture_product_sql(
         return {"sql": statement, "params": {k: encode_param(v) for k, v in params.items()}}
 
     captured: dict[str, Any] = {"dsn": conninfo(url), "lists": [], "product": {}}
-    event.listen(engine, "before_cursor_execute", record)
+    psycopg.Cursor.execute = recording_execute  # type: ignore[method-assign]
     try:
         seen.clear()
         get("/api/v1/tickets/" + ids[0])  # the first request of the (fresh) token
@@ -587,7 +593,7 @@ def capture_product_sql(
                 }
             )
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        psycopg.Cursor.execute = original_execute  # type: ignore[method-assign]
         db.dispose()
     for s in scenarios:
         s.paths = [s.path + i for i in ids] if not s.is_list else [s.path]
