@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
@@ -161,15 +162,17 @@ class DriverQuery:
     request). SQLAlchemy's per-execution work (cache key, result metadata,
     psycopg's ``description`` objects, row processing) is about a tenth of a
     millisecond a statement; here the statement text and its constant
-    parameters are computed once, and rows come back as psycopg's tuples:
+    parameters are computed once, and rows come back as psycopg's tuples
+    (named tuples with ``named=True``, like SQLAlchemy's rows by attribute),
     UUIDs, JSON and arrays decoded by psycopg, timestamps as aware datetimes
     in the session's time zone (callers that format them use :func:`as_utc`).
     On other databases, or for any statement but the fixed one, it is plain
     ``Connection.execute``.
     """
 
-    def __init__(self, stmt: Any) -> None:
+    def __init__(self, stmt: Any, *, named: bool = False) -> None:
         self.stmt = stmt
+        self.row_factory = namedtuple_row if named else tuple_row
         self._compiled: tuple[str, dict[str, Any]] | None = None
 
     def rows(self, session: Session, params: dict[str, Any], stmt: Any = None) -> list[Any]:
@@ -183,7 +186,7 @@ class DriverQuery:
         sql, constants = self._compiled
         driver = conn.connection.driver_connection
         assert driver is not None
-        with driver.cursor() as cursor:
+        with driver.cursor(row_factory=self.row_factory) as cursor:
             cursor.execute(sql, {**constants, **params})
             return cursor.fetchall()
 

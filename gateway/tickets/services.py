@@ -44,32 +44,51 @@ def user_ref(user: User | None) -> dict[str, Any] | None:
     return {"id": str(user.id), "email": user.email, "name": user.name}
 
 
+def _ticket_json(
+    values: Any,
+    customer: dict[str, Any] | None,
+    assignee: dict[str, Any] | None,
+    tags: list[str],
+    metadata: dict[str, str],
+    principal: Principal | None,
+) -> dict[str, Any]:
+    """The API's ticket document from ``values`` (an ORM ticket or a read row: same names)."""
+    count = values.message_count
+    if principal is not None and not principal.is_staff:
+        count -= values.note_count
+    return {
+        "id": str(values.id),
+        "number": values.number,
+        "title": values.title,
+        "description": values.description,
+        "status": values.status,
+        "priority": PRIORITIES[values.priority],
+        "channel": values.channel,
+        "customer": customer,
+        "assignee": assignee,
+        "tags": tags,
+        "metadata": metadata,
+        "custom_fields": values.custom_fields or {},
+        "message_count": count,
+        "created_at": as_utc(values.created_at).isoformat(),
+        "updated_at": as_utc(values.updated_at).isoformat(),
+        "archived_at": as_utc(values.archived_at).isoformat() if values.archived_at else None,
+        "deleted_at": as_utc(values.deleted_at).isoformat() if values.deleted_at else None,
+        "version": values.version,
+    }
+
+
 def ticket_out(
     ticket: Ticket, metadata: dict[str, str], principal: Principal | None = None
 ) -> dict[str, Any]:
-    count = ticket.message_count
-    if principal is not None and not principal.is_staff:
-        count -= ticket.note_count
-    return {
-        "id": str(ticket.id),
-        "number": ticket.number,
-        "title": ticket.title,
-        "description": ticket.description,
-        "status": ticket.status,
-        "priority": PRIORITIES[ticket.priority],
-        "channel": ticket.channel,
-        "customer": user_ref(ticket.customer),
-        "assignee": user_ref(ticket.assignee),
-        "tags": ticket.tags,
-        "metadata": metadata,
-        "custom_fields": ticket.custom_fields or {},
-        "message_count": count,
-        "created_at": ticket.created_at.isoformat(),
-        "updated_at": ticket.updated_at.isoformat(),
-        "archived_at": ticket.archived_at.isoformat() if ticket.archived_at else None,
-        "deleted_at": ticket.deleted_at.isoformat() if ticket.deleted_at else None,
-        "version": ticket.version,
-    }
+    return _ticket_json(
+        ticket,
+        user_ref(ticket.customer),
+        user_ref(ticket.assignee),
+        ticket.tags,
+        metadata,
+        principal,
+    )
 
 
 def tickets_out(
@@ -192,63 +211,32 @@ def ticket_rows_out(
     rows: Sequence[Row[Any]], dialect: str, principal: Principal | None = None
 ) -> list[dict[str, Any]]:
     """``ticket_out`` of each row of :func:`ticket_read_select`, in the same key order."""
-    hide_notes = principal is not None and not principal.is_staff
     unordered = dialect != "postgresql"
     out = []
-    for (
-        id_,
-        number,
-        title,
-        description,
-        status,
-        priority,
-        channel,
-        customer_id,
-        customer_email,
-        customer_name,
-        assignee_id,
-        assignee_email,
-        assignee_name,
-        tags,
-        metadata,
-        custom_fields,
-        message_count,
-        note_count,
-        created_at,
-        updated_at,
-        archived_at,
-        deleted_at,
-        version,
-    ) in rows:
+    for row in rows:
+        tags, metadata = row.tags, row.metadata
         if unordered:
             tags = sorted(tags) if tags else tags
             metadata = dict(sorted(metadata.items())) if metadata else metadata
-        out.append(
-            {
-                "id": str(id_),
-                "number": number,
-                "title": title,
-                "description": description,
-                "status": status,
-                "priority": PRIORITIES[priority],
-                "channel": channel,
-                "customer": None
-                if customer_email is None
-                else {"id": str(customer_id), "email": customer_email, "name": customer_name},
-                "assignee": None
-                if assignee_email is None
-                else {"id": str(assignee_id), "email": assignee_email, "name": assignee_name},
-                "tags": tags or [],
-                "metadata": metadata or {},
-                "custom_fields": custom_fields or {},
-                "message_count": message_count - note_count if hide_notes else message_count,
-                "created_at": as_utc(created_at).isoformat(),
-                "updated_at": as_utc(updated_at).isoformat(),
-                "archived_at": as_utc(archived_at).isoformat() if archived_at else None,
-                "deleted_at": as_utc(deleted_at).isoformat() if deleted_at else None,
-                "version": version,
+        customer = (
+            None
+            if row.customer_email is None
+            else {
+                "id": str(row.customer_id),
+                "email": row.customer_email,
+                "name": row.customer_name,
             }
         )
+        assignee = (
+            None
+            if row.assignee_email is None
+            else {
+                "id": str(row.assignee_id),
+                "email": row.assignee_email,
+                "name": row.assignee_name,
+            }
+        )
+        out.append(_ticket_json(row, customer, assignee, tags or [], metadata or {}, principal))
     return out
 
 
@@ -278,7 +266,7 @@ def read_ticket(session: Session, principal: Principal, ref: str | uuid.UUID) ->
     base = _by_ref_select(dialect, kind)
     query = _BY_REF_QUERIES.get((dialect, kind))
     if query is None:
-        query = _BY_REF_QUERIES[(dialect, kind)] = DriverQuery(base)
+        query = _BY_REF_QUERIES[(dialect, kind)] = DriverQuery(base, named=True)
     # Staff see every ticket (scope_tickets returns ``base`` itself): the driver's
     # fast way. A customer's scoped statement goes through SQLAlchemy.
     rows = query.rows(session, {"ref": value}, scope_tickets(base, principal))
