@@ -277,6 +277,7 @@ class Bench:
     def store(self, count: int) -> list[str]:
         """Store ``count`` distinct messages as the SMTP edge does; their rows marked queued."""
         from ingest import make_message
+        from sqlalchemy import update
 
         from gateway.db import utcnow
         from gateway.events import OutboxTask
@@ -286,20 +287,23 @@ class Bench:
         batch = 50
         for start in range(0, count, batch):
             with self.db.transaction() as session:
-                rows = []
+                keys = []
                 for _ in range(start, min(count, start + batch)):
                     self.messages += 1  # distinct senders: acknowledgments are not rate-limited
                     sender, raw = make_message("w", self.messages, self.args.size, self.rng)
                     raw = raw.replace(b"\r\n..", b"\r\n.")  # undo the SMTP dot-stuffing
-                    accept_raw(
+                    mail_id = accept_raw(
                         session, raw, source="smtp", envelope_from=sender, recipients=[SUPPORT]
                     )
-                    # Hold the new row (the session only keeps weak references once flushed).
-                    rows += [o for o in session.new if isinstance(o, OutboxTask)]
-                session.flush()
-                for row in rows:
-                    row.state, row.updated_at = "queued", utcnow()
-                    ids.append(str(row.id))
+                    keys.append(f"inbound.ingest:{mail_id}")
+                queued = session.scalars(
+                    update(OutboxTask)
+                    .where(OutboxTask.idempotency_key.in_(keys))
+                    .values(state="queued", updated_at=utcnow())
+                    .returning(OutboxTask.id)
+                    .execution_options(synchronize_session=False)
+                )
+                ids += [str(i) for i in queued]
         return ids
 
     # -- stamps

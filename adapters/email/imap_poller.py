@@ -239,7 +239,7 @@ class ImapPoller:
             with self.database.transaction() as session:
                 found = session.scalar(select(InboundMail.id).where(InboundMail.source_ref == ref))
                 if found is None:
-                    mail = accept_raw(
+                    found = accept_raw(
                         session,
                         raw,
                         source="imap",
@@ -247,7 +247,6 @@ class ImapPoller:
                         recipients=recipients,
                         source_ref=ref,
                     )
-                    found = mail.id
                     new = 1
                 else:
                     new = 0

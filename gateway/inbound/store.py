@@ -7,6 +7,7 @@ step, after the sender has its ``250``). The caller commits, then answers.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -15,7 +16,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from gateway.db import new_id, utcnow
-from gateway.events import enqueue, enqueue_many
+from gateway.events import enqueue_many
 from gateway.inbound.models import InboundMail
 
 _INBOUND = cast(Table, InboundMail.__table__)
@@ -29,30 +30,22 @@ def accept_raw(
     envelope_from: str = "",
     recipients: list[str] | None = None,
     source_ref: str | None = None,
-) -> InboundMail:
-    """Store one received message and queue its ingestion (same transaction).
+) -> uuid.UUID:
+    """Store one received message and queue its ingestion (same transaction); its row id.
 
     ``source_ref`` identifies the message at its source (e.g. an IMAP mailbox,
-    UIDVALIDITY and UID); storing the same ref twice returns the first row.
+    UIDVALIDITY and UID); storing the same ref twice returns the first row's id.
     """
     if source_ref is not None:
-        existing = session.scalar(select(InboundMail).where(InboundMail.source_ref == source_ref))
+        existing = session.scalar(
+            select(InboundMail.id).where(InboundMail.source_ref == source_ref)
+        )
         if existing is not None:
             return existing
-    mail = InboundMail(
-        source=source,
-        source_ref=source_ref,
-        envelope_from=envelope_from,
-        recipients=list(recipients or []),
-        raw=raw,
-        size=len(raw),
-        sha256=hashlib.sha256(raw).hexdigest(),
-        state="received",
+    [mail_id] = accept_many(
+        session, [Received(raw, envelope_from, list(recipients or []), source_ref)], source=source
     )
-    session.add(mail)
-    session.flush()
-    enqueue(session, "inbound.ingest", str(mail.id), {"inbound_id": str(mail.id)})
-    return mail
+    return uuid.UUID(mail_id)
 
 
 @dataclass(frozen=True)
@@ -62,13 +55,14 @@ class Received:
     raw: bytes
     envelope_from: str = ""
     recipients: list[str] = field(default_factory=list)
+    source_ref: str | None = None
 
 
 def accept_many(session: Session, received: Sequence[Received], *, source: str) -> list[str]:
     """Store several received messages and queue their ingestion, in ``session``.
 
-    What ``accept_raw`` does for one, for a batch that commits together (the
-    SMTP edge's group commit): bulk INSERTs, one commit, one fsync for all.
+    Bulk INSERTs, so a batch that commits together (the SMTP edge's group
+    commit) costs one commit and one fsync for all.
     Returns the new rows' ids in the order given.
     """
     now = utcnow()
@@ -77,7 +71,7 @@ def accept_many(session: Session, received: Sequence[Received], *, source: str) 
             "id": new_id(),
             "received_at": now,
             "source": source,
-            "source_ref": None,
+            "source_ref": item.source_ref,
             "envelope_from": item.envelope_from,
             "recipients": list(item.recipients),
             "raw": item.raw,
