@@ -89,13 +89,17 @@ def check_ticket_visible(principal: Principal, ticket: Ticket | None) -> Ticket:
     return ticket
 
 
-def scope_tickets(stmt: Select[Any], principal: Principal) -> Select[Any]:
-    """Narrow a ticket query to what the caller may see."""
+def scope_tickets(stmt: Select[Any], principal: Principal, customer_id: Any = None) -> Select[Any]:
+    """Narrow a ticket query to what the caller may see.
+
+    ``customer_id`` stands for the caller's id when given (a bind parameter, in
+    a statement built once and run for many customers)."""
     from gateway.tickets.models import Ticket
 
     if principal.is_staff:
         return stmt
-    return stmt.where(Ticket.customer_id == principal.user_id, Ticket.deleted_at.is_(None))
+    owner = principal.user_id if customer_id is None else customer_id
+    return stmt.where(Ticket.customer_id == owner, Ticket.deleted_at.is_(None))
 
 
 def can_see_internal(principal: Principal) -> bool:

@@ -7,29 +7,35 @@ concurrent inserts and as fast on page 10,000 as on page 1.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
+    String,
     and_,
+    any_,
+    bindparam,
     case,
+    cast,
     exists,
     func,
-    literal,
     or_,
     select,
     tuple_,
     type_coerce,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session
 
 from gateway.conversations.models import Message
+from gateway.db import DriverQuery
 from gateway.errors import Forbidden, ValidationFailed
 from gateway.metadata.models import TicketMetadata
 from gateway.metadata.services import live_definitions, parse_filter_value
@@ -89,76 +95,170 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+class _Plan:
+    """A list request as a statement shape and its bound values.
+
+    Each filter adds a token to the shape, a builder of its condition (which
+    refers to bind parameters by name) and the values of those parameters.
+    Requests of one shape share one statement, built and compiled once (see
+    :func:`_statement`); only the values change. The shape holds everything
+    that changes the SQL: the dialect, the caller's kind, the sort, which
+    filters are present and how many of the repeatable ones.
+    """
+
+    __slots__ = ("builders", "dialect", "params", "principal", "shape")
+
+    def __init__(self, dialect: str, principal: Principal, sort: str) -> None:
+        self.dialect = dialect
+        self.principal = principal
+        self.shape: list[Any] = [dialect, principal.is_staff, sort]
+        self.params: dict[str, Any] = {}
+        self.builders: list[Callable[[], ColumnElement[bool]]] = []
+
+    def add(self, token: Any, build: Callable[[], ColumnElement[bool]], **params: Any) -> None:
+        self.shape.append(token)
+        self.builders.append(build)
+        self.params.update(params)
+
+    def one_of(self, name: str, column: Any, values: list[Any], item_type: Any) -> None:
+        """``column IN values``.
+
+        One value is an equality (so PostgreSQL can walk a ``(column, sort)``
+        index in order); several are an array bound once on PostgreSQL, an
+        expanding IN elsewhere."""
+        if len(values) == 1:
+            self.add((name, 1), lambda: column == bindparam(name), **{name: values[0]})
+        elif self.dialect == "postgresql":
+            self.add(
+                (name, "any"),
+                lambda: column == any_(bindparam(name, type_=ARRAY(item_type))),
+                **{name: values},
+            )
+        else:
+            self.add(
+                (name, "in"), lambda: column.in_(bindparam(name, expanding=True)), **{name: values}
+            )
+
+
 def _filters(
-    session: Session, principal: Principal, q: TicketListQuery, extra: ExtraFilters
-) -> list[Any]:
-    dialect = session.get_bind().dialect.name
-    conds: list[ColumnElement[bool]] = []
+    session: Session, principal: Principal, q: TicketListQuery, extra: ExtraFilters, plan: _Plan
+) -> None:
+    """Add every filter of ``q`` and ``extra`` to ``plan``."""
+    postgres = plan.dialect == "postgresql"
     if q.status:
-        conds.append(Ticket.status.in_(_comma_list("status", q.status, STATUSES)))
+        plan.one_of("status", Ticket.status, _comma_list("status", q.status, STATUSES), String)
     if q.priority:
         names = _comma_list("priority", q.priority, PRIORITY_RANK)
-        conds.append(Ticket.priority.in_([PRIORITY_RANK[n] for n in names]))
+        plan.one_of("priority", Ticket.priority, [PRIORITY_RANK[n] for n in names], Integer)
     if q.assignee:
-        if q.assignee == "me":
-            conds.append(Ticket.assignee_id == principal.user_id)
-        elif q.assignee == "none":
-            conds.append(Ticket.assignee_id.is_(None))
+        if q.assignee == "none":
+            plan.add("unassigned", lambda: Ticket.assignee_id.is_(None))
         else:
-            try:
-                conds.append(Ticket.assignee_id == uuid.UUID(q.assignee))
-            except ValueError:
-                raise ValidationFailed.on("assignee", "must be me, none or a user id") from None
+            if q.assignee == "me":
+                assignee = principal.user_id
+            else:
+                try:
+                    assignee = uuid.UUID(q.assignee)
+                except ValueError:
+                    raise ValidationFailed.on("assignee", "must be me, none or a user id") from None
+            plan.add(
+                "assignee", lambda: Ticket.assignee_id == bindparam("assignee"), assignee=assignee
+            )
     if q.customer:
-        conds.append(
-            Ticket.customer_id
-            == select(User.id).where(User.email == q.customer.strip().lower()).scalar_subquery()
+        plan.add(
+            "customer",
+            lambda: (
+                Ticket.customer_id
+                == select(User.id).where(User.email == bindparam("customer")).scalar_subquery()
+            ),
+            customer=q.customer.strip().lower(),
         )
-    for tag in dict.fromkeys(q.tag):
-        conds.append(exists().where(TicketTag.ticket_id == Ticket.id, TicketTag.tag == tag))
-    for key, value in extra.metadata.items():
-        match = [TicketMetadata.key == key, TicketMetadata.value == value]
-        if dialect == "postgresql":
-            # Lets PostgreSQL use the (key, md5(value)) index of the migration.
-            match.append(func.md5(TicketMetadata.value) == func.md5(literal(value)))
-        conds.append(exists().where(TicketMetadata.ticket_id == Ticket.id, *match))
+    for i, tag in enumerate(dict.fromkeys(q.tag)):
+        plan.add(
+            "tag",
+            lambda name=f"tag_{i}": exists().where(
+                TicketTag.ticket_id == Ticket.id, TicketTag.tag == bindparam(name)
+            ),
+            **{f"tag_{i}": tag},
+        )
+    for i, (key, value) in enumerate(extra.metadata.items()):
+
+        def metadata_match(k: str = f"meta_key_{i}", v: str = f"meta_value_{i}") -> Any:
+            match = [TicketMetadata.key == bindparam(k), TicketMetadata.value == bindparam(v)]
+            if postgres:
+                # Lets PostgreSQL use the (key, md5(value)) index of the migration.
+                match.append(func.md5(TicketMetadata.value) == func.md5(bindparam(v, type_=String)))
+            return exists().where(TicketMetadata.ticket_id == Ticket.id, *match)
+
+        plan.add("metadata", metadata_match, **{f"meta_key_{i}": key, f"meta_value_{i}": value})
     if extra.custom_fields:
         definitions = live_definitions(session)
-        for key, raw in extra.custom_fields.items():
+        for i, (key, raw) in enumerate(extra.custom_fields.items()):
             value = parse_filter_value(definitions.get(key), raw)
-            if dialect == "postgresql":
-                # jsonb @> uses the GIN (jsonb_path_ops) index of the migration.
-                conds.append(type_coerce(Ticket.custom_fields, JSONB).contains({key: value}))
+            name = f"cf_{i}"
+            if postgres:
+                # jsonb @> uses the GIN (jsonb_path_ops) index of the migration. The
+                # value is bound as JSON text (the driver's way needs no JSON adapter).
+                plan.add(
+                    "cf",
+                    lambda name=name: type_coerce(Ticket.custom_fields, JSONB).contains(
+                        cast(bindparam(name, type_=String), JSONB)
+                    ),
+                    **{name: json.dumps({key: value})},
+                )
             else:
-                conds.append(func.json_extract(Ticket.custom_fields, f'$."{key}"') == value)
+                plan.add(
+                    ("cf", type(value).__name__),
+                    lambda name=name: (
+                        func.json_extract(
+                            Ticket.custom_fields, bindparam(f"{name}_path", type_=String)
+                        )
+                        == bindparam(name)
+                    ),
+                    **{name: value, f"{name}_path": f'$."{key}"'},
+                )
     if q.q:
-        like = _like(q.q.lower())
-        message_match = exists().where(
-            Message.ticket_id == Ticket.id,
-            Message.body_text.ilike(like, escape="\\"),
-            *(() if principal.is_staff else (Message.kind != "note",)),
-        )
-        conds.append(
-            or_(
+        staff = principal.is_staff
+
+        def text_match() -> Any:
+            like = bindparam("q", type_=String)
+            message_match = exists().where(
+                Message.ticket_id == Ticket.id,
+                Message.body_text.ilike(like, escape="\\"),
+                *(() if staff else (Message.kind != "note",)),
+            )
+            return or_(
                 Ticket.title.ilike(like, escape="\\"),
                 Ticket.description.ilike(like, escape="\\"),
                 message_match,
             )
-        )
+
+        plan.add("q", text_match, q=_like(q.q.lower()))
     if q.created_after:
-        conds.append(Ticket.created_at > q.created_after)
+        plan.add(
+            "created_after",
+            lambda: Ticket.created_at > bindparam("created_after"),
+            created_after=q.created_after,
+        )
     if q.created_before:
-        conds.append(Ticket.created_at < q.created_before)
+        plan.add(
+            "created_before",
+            lambda: Ticket.created_at < bindparam("created_before"),
+            created_before=q.created_before,
+        )
     if q.updated_after:
-        conds.append(Ticket.updated_at > q.updated_after)
+        plan.add(
+            "updated_after",
+            lambda: Ticket.updated_at > bindparam("updated_after"),
+            updated_after=q.updated_after,
+        )
     if not q.include_archived:
-        conds.append(Ticket.archived_at.is_(None))
+        plan.add("live", lambda: Ticket.archived_at.is_(None))
     if q.include_deleted:
         if not principal.is_admin:
             raise Forbidden("include_deleted is for admins")
     else:
-        conds.append(Ticket.deleted_at.is_(None))
-    return conds
+        plan.add("undeleted", lambda: Ticket.deleted_at.is_(None))
 
 
 def _decode_key(sort_name: str, raw: Any) -> Any:
@@ -181,29 +281,32 @@ def _encode_key(sort_name: str, ticket: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _page_statement(
-    session: Session,
-    principal: Principal,
-    q: TicketListQuery,
-    extra: ExtraFilters | None,
-    base: Select[Any],
-) -> Select[Any]:
-    """``base`` narrowed to the caller, the filters and the cursor; ordered, limit + 1 rows."""
+def _list_plan(
+    session: Session, principal: Principal, q: TicketListQuery, extra: ExtraFilters | None
+) -> _Plan:
+    """``q`` narrowed to the caller, the filters and the cursor; ordered, limit + 1 rows."""
     extra = extra or ExtraFilters()
-    descending = q.sort.startswith("-")
-    sort_name = q.sort.lstrip("-")
-    column = SORT_COLUMNS[sort_name]
-    cursor_kind = f"tickets:{q.sort}"
-
-    stmt = scope_tickets(base, principal)
-    conds = _filters(session, principal, q, extra)
+    plan = _Plan(session.get_bind().dialect.name, principal, q.sort)
+    if not principal.is_staff:
+        plan.params["scope_customer"] = principal.user_id
+    _filters(session, principal, q, extra, plan)
     if q.cursor:
-        values = decode_cursor(q.cursor, kinds=(cursor_kind,))
+        descending = q.sort.startswith("-")
+        sort_name = q.sort.lstrip("-")
+        column = SORT_COLUMNS[sort_name]
+        values = decode_cursor(q.cursor, kinds=(f"tickets:{q.sort}",))
         if sort_name == "number":
             if len(values) != 2:
                 raise ValidationFailed.on("cursor", "not a cursor this API issued")
-            last = _decode_key(sort_name, values[1])
-            conds.append(Ticket.number < last if descending else Ticket.number > last)
+            plan.add(
+                "after",
+                lambda: (
+                    Ticket.number < bindparam("after_key")
+                    if descending
+                    else Ticket.number > bindparam("after_key")
+                ),
+                after_key=_decode_key(sort_name, values[1]),
+            )
         else:
             if len(values) != 3:
                 raise ValidationFailed.on("cursor", "not a cursor this API issued")
@@ -212,15 +315,52 @@ def _page_statement(
                 last_id = uuid.UUID(str(values[2]))
             except ValueError:
                 raise ValidationFailed.on("cursor", "not a cursor this API issued") from None
-            pair = tuple_(column, Ticket.id)
-            conds.append(pair < (last_key, last_id) if descending else pair > (last_key, last_id))
+
+            def after() -> Any:
+                pair = tuple_(column, Ticket.id)
+                last = tuple_(
+                    bindparam("after_key", type_=column.type),
+                    bindparam("after_id", type_=Ticket.id.type),
+                )
+                return pair < last if descending else pair > last
+
+            plan.add("after", after, after_key=last_key, after_id=last_id)
+    plan.params["limit"] = q.limit + 1
+    return plan
+
+
+_STATEMENT_CACHE_SIZE = 512
+_STATEMENTS: dict[tuple[Any, ...], DriverQuery] = {}
+
+
+def _statement(plan: _Plan, base_name: str, base: Callable[[], Select[Any]]) -> DriverQuery:
+    """The statement of ``plan``'s shape over ``base``: built once, then looked up.
+
+    SQLAlchemy memoizes a statement's cache key, so reusing the statement
+    object also skips keying it on every request; on PostgreSQL the read
+    select runs on the driver's cursor (:class:`gateway.db.DriverQuery`).
+    """
+    key = (base_name, *plan.shape)
+    found = _STATEMENTS.get(key)
+    if found is not None:
+        return found
+    descending = plan.shape[2].startswith("-")
+    sort_name = plan.shape[2].lstrip("-")
+    column = SORT_COLUMNS[sort_name]
+    # The caller's kind is in the shape; a customer's id is a value.
+    stmt = scope_tickets(base(), plan.principal, bindparam("scope_customer"))
+    conds = [build() for build in plan.builders]
     stmt = stmt.where(and_(*conds)) if conds else stmt
     order: list[Any]
     if sort_name == "number":
         order = [Ticket.number.desc() if descending else Ticket.number.asc()]
     else:
         order = [column.desc(), Ticket.id.desc()] if descending else [column.asc(), Ticket.id.asc()]
-    return stmt.order_by(*order).limit(q.limit + 1)
+    found = DriverQuery(stmt.order_by(*order).limit(bindparam("limit", type_=Integer)), named=True)
+    if len(_STATEMENTS) >= _STATEMENT_CACHE_SIZE:
+        _STATEMENTS.pop(next(iter(_STATEMENTS)), None)  # oldest first: shapes are few
+    _STATEMENTS[key] = found
+    return found
 
 
 def _page(q: TicketListQuery, found: Sequence[_R]) -> tuple[list[_R], str | None]:
@@ -241,8 +381,9 @@ def list_tickets(
     session: Session, principal: Principal, q: TicketListQuery, extra: ExtraFilters | None = None
 ) -> tuple[list[Ticket], str | None]:
     """A page of ORM tickets and the next cursor (for callers that change them)."""
-    stmt = _page_statement(session, principal, q, extra, select(Ticket))
-    return _page(q, list(session.scalars(stmt).unique()))
+    plan = _list_plan(session, principal, q, extra)
+    stmt = _statement(plan, "orm", lambda: select(Ticket)).stmt
+    return _page(q, list(session.scalars(stmt, plan.params).unique()))
 
 
 def list_tickets_out(
@@ -253,7 +394,7 @@ def list_tickets_out(
     Same filters, scope, order and cursors as :func:`list_tickets`; the rows
     are columns, not ORM objects (see ``services.ticket_read_select``).
     """
-    dialect = session.get_bind().dialect.name
-    stmt = _page_statement(session, principal, q, extra, ticket_read_select(dialect))
-    rows, cursor = _page(q, session.connection().execute(stmt).all())
-    return ticket_rows_out(rows, dialect, principal), cursor
+    plan = _list_plan(session, principal, q, extra)
+    query = _statement(plan, "read", lambda: ticket_read_select(plan.dialect))
+    rows, cursor = _page(q, query.rows(session, plan.params))
+    return ticket_rows_out(rows, plan.dialect, principal), cursor

@@ -203,3 +203,26 @@ def test_random_filter_combinations_agree_with_python(admin, agent, make_ticket)
         assert set(got) == expected
         assert len(got) == len(expected)
     assert datetime.now(UTC)
+
+
+def test_one_statement_per_shape_serves_every_caller_with_their_own_values(
+    admin, customer_a, customer_b, make_ticket
+):
+    """Requests of one shape share a cached statement: the values must not leak between them."""
+    from gateway.tickets import listing
+
+    mine = make_ticket(customer_email=customer_a.email, priority="high", tags=["x"])
+    theirs = make_ticket(customer_email=customer_b.email, priority="high", tags=["x", "y"])
+    low = make_ticket(customer_email=customer_b.email, priority="low", tags=["y"])
+    before = len(listing._STATEMENTS)
+    # The same shape (a customer, one priority, one tag) for two customers and two values.
+    assert ids(customer_a, "priority=high&tag=x") == [mine["id"]]
+    assert ids(customer_b, "priority=high&tag=x") == [theirs["id"]]
+    assert ids(customer_b, "priority=low&tag=y") == [low["id"]]
+    assert ids(customer_a, "priority=low&tag=y") == []
+    shapes = len(listing._STATEMENTS) - before
+    assert shapes <= 1  # 0 when an earlier test in this process made that shape
+    # Another number of tags or of priorities is another shape, with its own answers.
+    assert ids(customer_b, "tag=x&tag=y") == [theirs["id"]]
+    assert set(ids(customer_b, "priority=high,low")) == {theirs["id"], low["id"]}
+    assert set(ids(admin, "priority=high,low&tag=y")) == {theirs["id"], low["id"]}
