@@ -12,6 +12,8 @@ from typing import Any
 
 from flask import Flask, Response, g, json, request
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import OperationalError as SAOperationalError
 from werkzeug.exceptions import HTTPException
 
 from gateway.errors import FieldError, GatewayError, ValidationFailed
@@ -62,6 +64,23 @@ def problem(
     return response
 
 
+DATABASE_RETRY_AFTER = 1  # seconds: a restart or failover, or a pool that reconnects
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached or dropped the connection
+    (a restart, a failover, a terminated backend, a timeout), not a bug: a 503."""
+    if isinstance(exc, DisconnectionError | SAOperationalError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, psycopg.OperationalError)
+
+
 def validation_problem(exc: ValidationError) -> ValidationFailed:
     errors = [
         FieldError(field_path(tuple(err["loc"])) or "body", err["msg"]) for err in exc.errors()
@@ -108,6 +127,35 @@ def register_error_handlers(app: Flask) -> None:
         if status == 404:
             detail = f"no route for {request.path}"
         return problem(status, slug, title, detail, headers=headers)
+
+    @app.errorhandler(DBAPIError)
+    @app.errorhandler(DisconnectionError)
+    def _database_error(exc: Exception) -> Response:
+        if not database_unavailable(exc):
+            return _unexpected(exc)
+        log.warning(
+            "database unavailable",
+            extra={"request_id": g.get("request_id"), "error": str(exc).splitlines()[0]},
+        )
+        return problem(
+            503,
+            "service-unavailable",
+            "Service unavailable",
+            "the database is unavailable right now; retry shortly"
+            + (
+                ""
+                if request.method in ("GET", "HEAD", "OPTIONS")
+                else " (check whether the change was saved before sending it again)"
+            ),
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+        )
+
+    try:  # the driver's own errors reach here from gateway.db.DriverQuery
+        import psycopg
+
+        app.register_error_handler(psycopg.OperationalError, _database_error)
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -85,3 +85,61 @@ def test_a_down_server_still_fails_cleanly(db, monkeypatch):
     monkeypatch.setattr(db.engine.dialect, "do_ping", failing_ping)
     with db.engine.connect() as conn:  # the pool replaced the connection: fresh, works
         assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/tickets", "/api/v1/tickets/{id}", "/api/v1/users"])
+def test_a_connection_lost_mid_request_is_a_503_and_the_next_request_works(
+    admin, make_ticket, db, monkeypatch, path
+):
+    """The server ends the request's own backend just before its statement: that request is
+    answered 503 with Retry-After (a restart is not a bug), the pool drops the connection, and
+    the next request is served. Covers both the driver's fast path and SQLAlchemy's."""
+    ticket = make_ticket()
+    path = path.format(id=ticket["id"])
+    assert admin.get(path).status_code == 200
+    dsn = db.url.replace("postgresql+psycopg://", "postgresql://")
+    original = psycopg.Cursor.execute
+    killed: list[int] = []
+
+    def execute_after_a_restart(self: psycopg.Cursor, query: object, *a: object, **k: object):
+        text = query if isinstance(query, str) else str(query)
+        if not killed and "api_tokens" not in text and text.lstrip().upper().startswith("SELECT"):
+            pid = self.connection.info.backend_pid
+            killed.append(pid)  # first: the statements below go through this function too
+            with psycopg.connect(dsn, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", [pid])
+                for _ in range(100):
+                    gone = other.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]
+                    ).fetchone()
+                    if gone and gone[0] == 0:
+                        break
+                    time.sleep(0.02)
+        return original(self, query, *a, **k)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute_after_a_restart)
+    response = admin.get(path)
+    assert killed, "the request ran no statement after authenticating"
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.headers["Retry-After"] == "1"
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["type"].endswith("/service-unavailable") and "Traceback" not in str(body)
+    monkeypatch.setattr(psycopg.Cursor, "execute", original)
+    assert admin.get(path).status_code == 200
+
+
+def test_an_unreachable_database_is_a_503(settings, monkeypatch):
+    from web.app import create_app
+
+    down = Database("postgresql+psycopg://postgres@127.0.0.1:9/nowhere?connect_timeout=2")
+    app = create_app(settings, database=down)
+    try:
+        response = app.test_client().get(
+            "/api/v1/tickets", headers={"Authorization": "Bearer sg_whatever"}
+        )
+    finally:
+        down.dispose()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.get_json()["status"] == 503
