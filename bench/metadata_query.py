@@ -206,23 +206,29 @@ def _printable(value: Any) -> Any:
 
 
 def capture_main_sql(url: str, token: str, items: list[Scenario]) -> dict[str, dict[str, Any]]:
-    """The main list statement the product sends for each scenario's first path."""
-    from sqlalchemy import event
+    """The main list statement the product sends for each scenario's first path.
+
+    Recorded at the driver (psycopg's ``Cursor.execute``): the product runs its
+    list statements on the driver's cursor (``gateway.db.DriverQuery``), which
+    SQLAlchemy's events do not see."""
+    import psycopg
 
     from gateway.config import load_settings
     from web.app import create_app
 
     app = create_app(load_settings(database_url=url, rate_limit_per_minute=0))
-    engine = app.extensions["supportgate"].db.engine
     seen: list[tuple[str, Any]] = []
     client = app.test_client()
     headers = {"Authorization": f"Bearer {token}"}
     out: dict[str, dict[str, Any]] = {}
+    original_execute = psycopg.Cursor.execute
 
-    def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        seen.append((statement, params))
+    def recording_execute(self: Any, query: Any, params: Any = None, *a: Any, **k: Any) -> Any:
+        text = query if isinstance(query, str) else query.as_string(self)
+        seen.append((text, dict(params or {})))
+        return original_execute(self, query, params, *a, **k)
 
-    event.listen(engine, "before_cursor_execute", record)
+    psycopg.Cursor.execute = recording_execute  # type: ignore[method-assign]
     try:
         for s in items:
             found = None
@@ -243,7 +249,7 @@ def capture_main_sql(url: str, token: str, items: list[Scenario]) -> dict[str, d
                 "raw_params": params,
             }
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        psycopg.Cursor.execute = original_execute  # type: ignore[method-assign]
         app.extensions["supportgate"].db.dispose()
     return out
 
