@@ -246,14 +246,11 @@ def smtp() -> None:
     except (OSError, ValueError) as exc:
         _fail(f"invalid configuration: SUPPORTGATE_SMTP_TLS_CERT/_KEY: {exc}")
     database = Database(settings.effective_database_url, pool_size=8)
-    publisher = None
     if settings.redis_url:
         from gateway.events import watch_outbox
-        from workers.queue import BackgroundPublisher, CeleryPublisher, make_publisher_app
+        from workers.queue import CeleryPublisher, make_publisher_app
 
-        # The 250s of a batch do not wait for Redis (the relay covers a crash).
-        publisher = BackgroundPublisher(CeleryPublisher(make_publisher_app(settings)))
-        watch_outbox(database.sessions, publisher.after_commit)
+        watch_outbox(database.sessions, CeleryPublisher(make_publisher_app(settings)).after_commit)
 
     async def main_loop() -> None:
         stop = asyncio.Event()
@@ -274,8 +271,6 @@ def smtp() -> None:
     try:
         asyncio.run(main_loop())
     finally:
-        if publisher is not None:
-            publisher.close()
         database.dispose()
 
 

@@ -10,7 +10,6 @@ harmless: the task claims the row under a lock and skips it unless runnable.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import uuid
 from datetime import timedelta
@@ -66,54 +65,6 @@ class CeleryPublisher:
             self.publish([(i, k) for i, k in rows if k in QUEUES])
         except Exception:
             log.warning("could not publish after commit; the relay will", exc_info=True)
-
-
-class BackgroundPublisher:
-    """``CeleryPublisher.after_commit`` on a thread of its own.
-
-    The SMTP edge answers 250 when its batch has committed; publishing that
-    batch's tasks to Redis (a round trip and a message each) would otherwise
-    run first, on the committing thread, and delay every 250 of the batch.
-    Here the commit only queues the rows; this thread publishes them, several
-    commits' rows in one Redis pipeline when they queue up. Nothing is lost if
-    the process dies first: the rows are committed ``pending`` and the relay
-    publishes them.
-    """
-
-    MAX_ROWS = 1024  # per publish
-
-    def __init__(self, publisher: CeleryPublisher) -> None:
-        self.publisher = publisher
-        self._rows: queue.SimpleQueue[list[tuple[uuid.UUID, str]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="outbox-publish", daemon=True)
-        self._thread.start()
-
-    def after_commit(self, rows: list[tuple[uuid.UUID, str]]) -> None:
-        self._rows.put(list(rows))
-
-    def _run(self) -> None:
-        while True:
-            first = self._rows.get()
-            if first is None:
-                return
-            batch, stopping = first, False
-            while len(batch) < self.MAX_ROWS:
-                try:
-                    more = self._rows.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.extend(more)
-            self.publisher.after_commit(batch)  # logs its own failures
-            if stopping:
-                return
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Publish what is queued (up to ``timeout`` seconds), then stop the thread."""
-        self._rows.put(None)
-        self._thread.join(timeout)
 
 
 class Relay:

@@ -169,28 +169,17 @@ def test_api_hands_committed_tasks_to_celery_at_once(settings, db, pg_url, make_
     queue_db = 14
     client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
     client.delete("supportgate.mail")
-    with_redis = S(
-        **{
-            **settings.model_dump(),
-            "redis_url": "redis://127.0.0.1:6379/0",
-            "celery_redis_db": queue_db,
-            "database_url": pg_url,
-        },
-        _env_file=None,
-    )
+    with_redis = S(**{**settings.model_dump(), "redis_url": "redis://127.0.0.1:6379/0",
+                      "celery_redis_db": queue_db, "database_url": pg_url}, _env_file=None)
     app = create_app(with_redis)  # its own Database, so the publisher is installed
     try:
         agent = make_caller("agent")
         headers = {"Authorization": f"Bearer {agent.token}"}
         api = app.test_client()
-        ticket = api.post(
-            "/api/v1/tickets",
-            headers=headers,
-            json={"title": "x", "customer_email": "c@example.org"},
-        ).get_json()
-        r = api.post(
-            f"/api/v1/tickets/{ticket['id']}/messages", headers=headers, json={"body": "hello"}
-        )
+        ticket = api.post("/api/v1/tickets", headers=headers,
+                          json={"title": "x", "customer_email": "c@example.org"}).get_json()
+        r = api.post(f"/api/v1/tickets/{ticket['id']}/messages", headers=headers,
+                     json={"body": "hello"})
         assert r.status_code == 201
         messages = [json.loads(m) for m in client.lrange("supportgate.mail", 0, -1)]
         assert [m["headers"]["task"] for m in messages] == ["supportgate.mail"]
@@ -243,22 +232,14 @@ def test_publisher_sends_each_row_of_a_batch_to_its_queue_in_order(settings):
     queues = ("supportgate.ingest", "supportgate.mail")
     client.delete(*queues)
     app = make_publisher_app(
-        S(
-            **{
-                **settings.model_dump(),
-                "redis_url": "redis://127.0.0.1:6379/0",
-                "celery_redis_db": queue_db,
-            },
-            _env_file=None,
-        )
+        S(**{**settings.model_dump(), "redis_url": "redis://127.0.0.1:6379/0",
+             "celery_redis_db": queue_db}, _env_file=None)
     )
     rows = [(uuid.uuid4(), "inbound.ingest" if i % 3 else "email.send") for i in range(40)]
     try:
         CeleryPublisher(app).publish(rows)
-        for queue, kinds in (
-            ("supportgate.ingest", {"inbound.ingest"}),
-            ("supportgate.mail", {"email.send"}),
-        ):
+        for queue, kinds in (("supportgate.ingest", {"inbound.ingest"}),
+                             ("supportgate.mail", {"email.send"})):
             # LPUSH, consumed from the right: oldest first
             messages = [json.loads(m) for m in reversed(client.lrange(queue, 0, -1))]
             assert [m["headers"]["task"] for m in messages] == [queue] * len(messages)
@@ -267,61 +248,5 @@ def test_publisher_sends_each_row_of_a_batch_to_its_queue_in_order(settings):
             ]
     finally:
         client.delete(*queues)
-        client.close()
-        app.close()
-
-
-def test_background_publisher_publishes_after_the_commit_returns_and_flushes_on_close(settings):
-    """The SMTP edge's publisher: after_commit only queues (the 250s do not wait for Redis);
-    its thread publishes every queued row once, several commits' rows together, and close()
-    publishes what is still queued."""
-    import json
-    import threading
-
-    import redis as redis_lib
-
-    from gateway.config import Settings as S
-    from workers.queue import BackgroundPublisher, CeleryPublisher, make_publisher_app
-
-    queue_db = 12
-    client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
-    client.delete("supportgate.ingest")
-    app = make_publisher_app(
-        S(
-            **{
-                **settings.model_dump(),
-                "redis_url": "redis://127.0.0.1:6379/0",
-                "celery_redis_db": queue_db,
-            },
-            _env_file=None,
-        )
-    )
-    inner = CeleryPublisher(app)
-    release = threading.Event()
-    calls: list[int] = []
-    real_publish = inner.publish
-
-    def slow_publish(rows):
-        release.wait(5)  # Redis is slow: the commits' callers must not wait for it
-        calls.append(len(rows))
-        real_publish(rows)
-
-    inner.publish = slow_publish
-    background = BackgroundPublisher(inner)
-    commits = [[(uuid.uuid4(), "inbound.ingest") for _ in range(5)] for _ in range(4)]
-    try:
-        for rows in commits:
-            background.after_commit(rows)  # returns at once although publishing is blocked
-        assert calls == []
-        release.set()
-        background.close()
-        messages = [json.loads(m) for m in reversed(client.lrange("supportgate.ingest", 0, -1))]
-        assert [m["headers"]["argsrepr"] for m in messages] == [
-            repr([str(i)]) for rows in commits for i, _ in rows
-        ]
-        assert sum(calls) == 20 and len(calls) <= 2  # the queued commits went out together
-    finally:
-        release.set()
-        client.delete("supportgate.ingest")
         client.close()
         app.close()
