@@ -182,9 +182,15 @@ def _body_reader() -> Callable[[int], bytes]:
     returns the same bytes, limited the same way, several times faster. It is
     used only while the outer buffer is untouched; anything else goes through
     Werkzeug's stream (which also enforces MAX_CONTENT_LENGTH, as touching
-    ``request.stream`` here does for both)."""
+    ``request.stream`` here does for all three). Faster still, a Content-Length
+    body on gunicorn's plain socket is read straight from it (``web/body.py``)."""
+    from web.body import socket_reader
+
     stream = request.stream
     raw = request.environ.get("wsgi.input")
+    direct = socket_reader(raw, request.content_length)
+    if direct is not None:
+        return direct
     inner = getattr(raw, "reader", None)
     buf = getattr(raw, "buf", None)
     if (
@@ -193,7 +199,7 @@ def _body_reader() -> Callable[[int], bytes]:
         and buf is not None
         and buf.tell() == 0
     ):
-        return inner.read  # type: ignore[no-any-return]
+        return inner.read  # type: ignore[no-any-return,union-attr]
     return stream.read
 
 
@@ -219,8 +225,8 @@ def receive_upload(upload: Upload, ctx: Any) -> tuple[BaseModel, Received, list[
             stream_factory,
             max_field_bytes=MAX_FORM_FIELD_BYTES,
             max_parts=MAX_FORM_PARTS,
-            # Werkzeug's LimitedStream is fastest at 64 KiB reads.
-            read_size=64 * 1024,
+            # 1 MiB: fewest recv calls from the socket reader (web/body.py).
+            read_size=1 << 20,
         )
     except multipart.MultipartLimit as exc:
         for item in staged:
