@@ -337,8 +337,33 @@ def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
         assert unauthorised.headers["Content-Type"] == "application/problem+json"
         assert unauthorised.headers["X-Request-Id"]
         walk_through(server.base, token)
+        # The background part runs at a lower CPU priority than the API and SMTP parts.
+        niceness = {part: _nice(pid) for part, pid in _children(server.process.pid).items()}
+        assert niceness["tasks"] == os.getpriority(os.PRIO_PROCESS, 0) + 10, niceness
+        assert niceness["api"] == niceness["smtp"] == os.getpriority(os.PRIO_PROCESS, 0)
         assert server.stop(signal.SIGTERM) == 0, server.output()
     assert (tmp_path / "data" / "supportgate.db").exists()
+
+
+def _children(parent: int) -> dict[str, int]:
+    """``serve``'s parts by name (``python -m web.cli <part>``) and their pids."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"web.cli" in argv:
+            found[argv[argv.index(b"web.cli") + 1].decode()] = int(entry.name)
+    return found
+
+
+def _nice(pid: int) -> int:
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 @pytest.mark.slow
@@ -466,8 +491,9 @@ def test_serve_turns_mail_into_tickets_and_answers_through_the_relay(tmp_path: P
         ("imap://u:secret@127.0.0.1:1/INBOX", "unreachable"),
     ],
 )
-def test_imap_refuses_bad_configuration_in_one_line(tmp_path: Path, imap_url: str,
-                                                    needle: str) -> None:
+def test_imap_refuses_bad_configuration_in_one_line(
+    tmp_path: Path, imap_url: str, needle: str
+) -> None:
     done = run(tmp_path, "imap", imap_url=imap_url)
     line = assert_one_line_failure(done, needle)
     assert "secret" not in line
