@@ -8,6 +8,7 @@ concurrent inserts and as fast on page 10,000 as on page 1.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -331,6 +332,7 @@ def _list_plan(
 
 _STATEMENT_CACHE_SIZE = 512
 _STATEMENTS: dict[tuple[Any, ...], DriverQuery] = {}
+_STATEMENTS_LOCK = threading.Lock()  # for adding and evicting; lookups need none
 
 
 def _statement(plan: _Plan, base_name: str, base: Callable[[], Select[Any]]) -> DriverQuery:
@@ -357,9 +359,10 @@ def _statement(plan: _Plan, base_name: str, base: Callable[[], Select[Any]]) -> 
     else:
         order = [column.desc(), Ticket.id.desc()] if descending else [column.asc(), Ticket.id.asc()]
     found = DriverQuery(stmt.order_by(*order).limit(bindparam("limit", type_=Integer)), named=True)
-    if len(_STATEMENTS) >= _STATEMENT_CACHE_SIZE:
-        _STATEMENTS.pop(next(iter(_STATEMENTS)), None)  # oldest first: shapes are few
-    _STATEMENTS[key] = found
+    with _STATEMENTS_LOCK:
+        if len(_STATEMENTS) >= _STATEMENT_CACHE_SIZE:
+            _STATEMENTS.pop(next(iter(_STATEMENTS)), None)  # oldest first: shapes are few
+        _STATEMENTS[key] = found
     return found
 
 

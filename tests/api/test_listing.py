@@ -226,3 +226,18 @@ def test_one_statement_per_shape_serves_every_caller_with_their_own_values(
     assert ids(customer_b, "tag=x&tag=y") == [theirs["id"]]
     assert set(ids(customer_b, "priority=high,low")) == {theirs["id"], low["id"]}
     assert set(ids(admin, "priority=high,low&tag=y")) == {theirs["id"], low["id"]}
+
+
+def test_statement_cache_is_bounded_and_evicts_oldest_shapes(admin, make_ticket, monkeypatch):
+    """A client cannot grow the cache of statements without bound (each number of tag
+    filters is a new shape); evicted shapes are simply built again."""
+    from gateway.tickets import listing
+
+    monkeypatch.setattr(listing, "_STATEMENTS", {})
+    monkeypatch.setattr(listing, "_STATEMENT_CACHE_SIZE", 3)
+    tagged = make_ticket(tags=["a", "b", "c", "d", "e"])
+    for round_ in range(2):
+        for n in range(1, 6):
+            query = "&".join(f"tag={t}" for t in "abcde"[:n])
+            assert ids(admin, query) == [tagged["id"]], (round_, n)
+            assert len(listing._STATEMENTS) <= 3
