@@ -248,12 +248,21 @@ def sweep(db: Database, stale_after: timedelta = STALE_AFTER) -> int:
     return count
 
 
-def due(db: Database, kinds: list[str], limit: int = 100) -> list[tuple[uuid.UUID, str]]:
-    """Pending rows that are due and were not just published by their producer.
+def due(
+    db: Database,
+    kinds: list[str],
+    limit: int = 100,
+    *,
+    grace: timedelta = QUEUED_GRACE,
+) -> list[tuple[uuid.UUID, str]]:
+    """Pending rows that are due and were not just published by their producer
+    (not changed for ``grace``).
 
     They are marked ``queued`` in the same transaction, so two relays never
     publish the same row; the caller publishes them after this commits.
     """
+    if not kinds:
+        return []
     now = utcnow()
     with db.transaction() as session:
         stmt = (
@@ -262,7 +271,7 @@ def due(db: Database, kinds: list[str], limit: int = 100) -> list[tuple[uuid.UUI
                 OutboxTask.state == "pending",
                 OutboxTask.kind.in_(kinds),
                 OutboxTask.available_at <= now,
-                OutboxTask.updated_at <= now - QUEUED_GRACE,
+                OutboxTask.updated_at <= now - grace,
             )
             .order_by(OutboxTask.available_at)
             .limit(limit)

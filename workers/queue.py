@@ -59,6 +59,12 @@ class CeleryPublisher:
                     producer=producer,
                 )
 
+    def backlogged(self, queues: set[str]) -> set[str]:
+        """Which of ``queues`` still hold messages waiting for a worker (Redis LLEN)."""
+        with self.app.pool.acquire(block=True) as conn:
+            client = conn.default_channel.client
+            return {queue for queue in sorted(queues) if client.llen(queue)}
+
     def after_commit(self, rows: list[tuple[uuid.UUID, str]]) -> None:
         """The fast path; a failure here is logged, and the relay publishes later."""
         try:
@@ -81,7 +87,27 @@ class Relay:
         self.stale_after = stale_after
 
     def run_once(self) -> int:
-        rows = due(self.db, list(QUEUES))
+        """Publish due rows; returns how many.
+
+        A producer publishes its rows right after its commit and leaves them
+        ``pending``; after ``QUEUED_GRACE`` the relay publishes whatever is
+        still pending (the producer died before publishing, or Redis lost the
+        message in a restart). While a queue still holds messages, though, its
+        pending rows are most likely waiting in it behind a backlog, and
+        publishing them again would only add a second message per row for the
+        workers to skip: for such a queue the relay waits until it has drained
+        (or, under endless load, until a row is ``stale_after`` old).
+        """
+        kinds = list(QUEUES)
+        busy: set[str] = set()
+        backlogged = getattr(self.publisher, "backlogged", None)
+        if backlogged is not None:
+            busy = backlogged({QUEUES[kind] for kind in kinds})
+        free = [kind for kind in kinds if QUEUES[kind] not in busy]
+        waiting = [kind for kind in kinds if QUEUES[kind] in busy]
+        rows = due(self.db, free)
+        if waiting and len(rows) < 100:
+            rows += due(self.db, waiting, 100 - len(rows), grace=self.stale_after)
         if not rows:
             return 0
         try:

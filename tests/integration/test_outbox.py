@@ -250,3 +250,52 @@ def test_publisher_sends_each_row_of_a_batch_to_its_queue_in_order(settings):
         client.delete(*queues)
         client.close()
         app.close()
+
+
+def test_relay_leaves_rows_alone_while_their_queue_has_a_backlog(db, settings):
+    """Under a backlog the producer's message for a pending row is most likely still in the
+    queue: the relay publishes no second copy until the queue drains, or the row is stale."""
+    import redis as redis_lib
+
+    from gateway.config import Settings as S
+    from workers.queue import CeleryPublisher, make_publisher_app
+
+    queue_db = 12
+    client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
+    client.delete("supportgate.ingest")
+    app = make_publisher_app(
+        S(
+            **{
+                **settings.model_dump(),
+                "redis_url": "redis://127.0.0.1:6379/0",
+                "celery_redis_db": queue_db,
+            },
+            _env_file=None,
+        )
+    )
+    task_id = add_task(db, kind="inbound.ingest", payload={"inbound_id": "x"})
+    with db.transaction() as s:  # older than the producer's fast path, younger than stale
+        s.execute(update(OutboxTask).values(updated_at=utcnow() - timedelta(minutes=1)))
+    relay = Relay(db, CeleryPublisher(app), stale_after=timedelta(minutes=5))
+    try:
+        client.lpush("supportgate.ingest", b"a message ahead of it")
+        assert relay.run_once() == 0
+        assert state_of(db, task_id).state == "pending"
+        client.delete("supportgate.ingest")  # drained (or lost in a Redis restart)
+        assert relay.run_once() == 1
+        assert state_of(db, task_id).state == "queued"
+        assert client.llen("supportgate.ingest") == 1
+
+        stale = add_task(db, kind="inbound.ingest", key="k2", payload={"inbound_id": "y"})
+        with db.transaction() as s:
+            s.execute(
+                update(OutboxTask)
+                .where(OutboxTask.id == stale)
+                .values(updated_at=utcnow() - timedelta(minutes=6))
+            )
+        assert relay.run_once() == 1  # busy queue, but the row is older than stale_after
+        assert state_of(db, stale).state == "queued"
+    finally:
+        client.delete("supportgate.ingest")
+        client.close()
+        app.close()
