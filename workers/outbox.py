@@ -254,9 +254,11 @@ def due(
     limit: int = 100,
     *,
     grace: timedelta = QUEUED_GRACE,
+    retried_only: bool = False,
 ) -> list[tuple[uuid.UUID, str]]:
     """Pending rows that are due and were not just published by their producer
-    (not changed for ``grace``).
+    (not changed for ``grace``); with ``retried_only``, only rows that ran
+    before (retries, rows handed back by the sweeper), which no queue holds.
 
     They are marked ``queued`` in the same transaction, so two relays never
     publish the same row; the caller publishes them after this commits.
@@ -272,6 +274,7 @@ def due(
                 OutboxTask.kind.in_(kinds),
                 OutboxTask.available_at <= now,
                 OutboxTask.updated_at <= now - grace,
+                *((OutboxTask.attempts > 0,) if retried_only else ()),
             )
             .order_by(OutboxTask.available_at)
             .limit(limit)

@@ -96,7 +96,9 @@ class Relay:
         pending rows are most likely waiting in it behind a backlog, and
         publishing them again would only add a second message per row for the
         workers to skip: for such a queue the relay waits until it has drained
-        (or, under endless load, until a row is ``stale_after`` old).
+        (or, under endless load, until a row is ``stale_after`` old). Rows that
+        ran before (retries whose time has come, rows the sweeper handed back)
+        are in no queue and are published as usual.
         """
         kinds = list(QUEUES)
         busy: set[str] = set()
@@ -106,6 +108,8 @@ class Relay:
         free = [kind for kind in kinds if QUEUES[kind] not in busy]
         waiting = [kind for kind in kinds if QUEUES[kind] in busy]
         rows = due(self.db, free)
+        if waiting and len(rows) < 100:
+            rows += due(self.db, waiting, 100 - len(rows), retried_only=True)
         if waiting and len(rows) < 100:
             rows += due(self.db, waiting, 100 - len(rows), grace=self.stale_after)
         if not rows:

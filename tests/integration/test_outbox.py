@@ -295,6 +295,16 @@ def test_relay_leaves_rows_alone_while_their_queue_has_a_backlog(db, settings):
             )
         assert relay.run_once() == 1  # busy queue, but the row is older than stale_after
         assert state_of(db, stale).state == "queued"
+
+        retry = add_task(db, kind="inbound.ingest", key="k3", payload={"inbound_id": "z"})
+        with db.transaction() as s:  # failed once; its retry time has come: in no queue
+            s.execute(
+                update(OutboxTask)
+                .where(OutboxTask.id == retry)
+                .values(attempts=1, updated_at=utcnow() - timedelta(seconds=30))
+            )
+        assert relay.run_once() == 1  # published although the queue is still busy
+        assert state_of(db, retry).state == "queued"
     finally:
         client.delete("supportgate.ingest")
         client.close()
