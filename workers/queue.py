@@ -38,26 +38,42 @@ def make_publisher_app(settings: Settings) -> Celery:
 
 
 class CeleryPublisher:
-    def __init__(self, app: Celery) -> None:
+    """Puts committed outbox rows on their Celery queues.
+
+    ``rows_per_message`` > 1 names up to that many rows of one queue in one
+    message (the task runs them in turn): a producer that commits rows in
+    batches (the SMTP edge) then builds one Celery message per batch instead
+    of one per row, which was a quarter of its CPU.
+    """
+
+    def __init__(self, app: Celery, *, rows_per_message: int = 1) -> None:
+        if rows_per_message < 1:
+            raise ValueError("rows_per_message must be at least 1")
         self.app = app
+        self.rows_per_message = rows_per_message
 
     def publish(self, rows: list[tuple[uuid.UUID, str]]) -> None:
-        """Send one Celery message per row, in one Redis round trip (kombu's publish batch).
+        """Send the rows' messages, in one Redis round trip (kombu's publish batch).
 
-        A batch that fails part-way may have sent some of its messages: the
-        relay sends the rows again, and a second message for a row is harmless.
+        Rows keep their order within a queue. A batch that fails part-way may
+        have sent some of its messages: the relay sends the rows again, and a
+        second message for a row is harmless.
         """
         if not rows:
             return
+        by_queue: dict[str, list[str]] = {}
+        for task_id, kind in rows:
+            by_queue.setdefault(queue_for(kind), []).append(str(task_id))
+        step = self.rows_per_message
         with self.app.producer_or_acquire() as producer, producer.batch():
-            for task_id, kind in rows:
-                queue = queue_for(kind)
-                self.app.send_task(
-                    TASK_FOR_QUEUE.get(queue, "supportgate.run"),
-                    args=[str(task_id)],
-                    queue=queue,
-                    producer=producer,
-                )
+            for queue, ids in by_queue.items():
+                for start in range(0, len(ids), step):
+                    self.app.send_task(
+                        TASK_FOR_QUEUE.get(queue, "supportgate.run"),
+                        args=ids[start : start + step],
+                        queue=queue,
+                        producer=producer,
+                    )
 
     def backlogged(self, queues: set[str]) -> set[str]:
         """Which of ``queues`` still hold messages waiting for a worker (Redis LLEN)."""

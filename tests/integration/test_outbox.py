@@ -169,17 +169,28 @@ def test_api_hands_committed_tasks_to_celery_at_once(settings, db, pg_url, make_
     queue_db = 14
     client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
     client.delete("supportgate.mail")
-    with_redis = S(**{**settings.model_dump(), "redis_url": "redis://127.0.0.1:6379/0",
-                      "celery_redis_db": queue_db, "database_url": pg_url}, _env_file=None)
+    with_redis = S(
+        **{
+            **settings.model_dump(),
+            "redis_url": "redis://127.0.0.1:6379/0",
+            "celery_redis_db": queue_db,
+            "database_url": pg_url,
+        },
+        _env_file=None,
+    )
     app = create_app(with_redis)  # its own Database, so the publisher is installed
     try:
         agent = make_caller("agent")
         headers = {"Authorization": f"Bearer {agent.token}"}
         api = app.test_client()
-        ticket = api.post("/api/v1/tickets", headers=headers,
-                          json={"title": "x", "customer_email": "c@example.org"}).get_json()
-        r = api.post(f"/api/v1/tickets/{ticket['id']}/messages", headers=headers,
-                     json={"body": "hello"})
+        ticket = api.post(
+            "/api/v1/tickets",
+            headers=headers,
+            json={"title": "x", "customer_email": "c@example.org"},
+        ).get_json()
+        r = api.post(
+            f"/api/v1/tickets/{ticket['id']}/messages", headers=headers, json={"body": "hello"}
+        )
         assert r.status_code == 201
         messages = [json.loads(m) for m in client.lrange("supportgate.mail", 0, -1)]
         assert [m["headers"]["task"] for m in messages] == ["supportgate.mail"]
@@ -232,14 +243,22 @@ def test_publisher_sends_each_row_of_a_batch_to_its_queue_in_order(settings):
     queues = ("supportgate.ingest", "supportgate.mail")
     client.delete(*queues)
     app = make_publisher_app(
-        S(**{**settings.model_dump(), "redis_url": "redis://127.0.0.1:6379/0",
-             "celery_redis_db": queue_db}, _env_file=None)
+        S(
+            **{
+                **settings.model_dump(),
+                "redis_url": "redis://127.0.0.1:6379/0",
+                "celery_redis_db": queue_db,
+            },
+            _env_file=None,
+        )
     )
     rows = [(uuid.uuid4(), "inbound.ingest" if i % 3 else "email.send") for i in range(40)]
     try:
         CeleryPublisher(app).publish(rows)
-        for queue, kinds in (("supportgate.ingest", {"inbound.ingest"}),
-                             ("supportgate.mail", {"email.send"})):
+        for queue, kinds in (
+            ("supportgate.ingest", {"inbound.ingest"}),
+            ("supportgate.mail", {"email.send"}),
+        ):
             # LPUSH, consumed from the right: oldest first
             messages = [json.loads(m) for m in reversed(client.lrange(queue, 0, -1))]
             assert [m["headers"]["task"] for m in messages] == [queue] * len(messages)
@@ -307,5 +326,91 @@ def test_relay_leaves_rows_alone_while_their_queue_has_a_backlog(db, settings):
         assert state_of(db, retry).state == "queued"
     finally:
         client.delete("supportgate.ingest")
+        client.close()
+        app.close()
+
+
+def _publisher_app(settings, queue_db):
+    from gateway.config import Settings as S
+    from workers.queue import make_publisher_app
+
+    return make_publisher_app(
+        S(
+            **{
+                **settings.model_dump(),
+                "redis_url": "redis://127.0.0.1:6379/0",
+                "celery_redis_db": queue_db,
+            },
+            _env_file=None,
+        )
+    )
+
+
+def test_publisher_names_several_rows_of_a_queue_in_one_message(settings):
+    """The SMTP edge's publisher: a committed batch becomes one message per 3 rows of a
+    queue here (16 in `supportgate smtp`), in order."""
+    import json
+
+    import redis as redis_lib
+
+    from workers.queue import CeleryPublisher
+
+    client = redis_lib.Redis.from_url("redis://127.0.0.1:6379/9")
+    queues = ("supportgate.ingest", "supportgate.mail")
+    client.delete(*queues)
+    app = _publisher_app(settings, 9)
+    ingest = [(uuid.uuid4(), "inbound.ingest") for _ in range(7)]
+    mail = [(uuid.uuid4(), "email.send") for _ in range(2)]
+    try:
+        CeleryPublisher(app, rows_per_message=3).publish(ingest[:4] + mail + ingest[4:])
+
+        def args(queue):
+            return [
+                json.loads(m)["headers"]["argsrepr"] for m in reversed(client.lrange(queue, 0, -1))
+            ]
+
+        ids = [str(i) for i, _ in ingest]
+        assert args("supportgate.ingest") == [repr(ids[0:3]), repr(ids[3:6]), repr(ids[6:7])]
+        assert args("supportgate.mail") == [repr([str(i) for i, _ in mail])]
+    finally:
+        client.delete(*queues)
+        client.close()
+        app.close()
+
+
+def test_a_message_of_several_rows_runs_them_in_order_and_hands_on_over_its_budget(
+    db, settings, monkeypatch
+):
+    import json
+
+    import redis as redis_lib
+
+    import workers.tasks as tasks
+    from workers.queue import CeleryPublisher
+
+    client = redis_lib.Redis.from_url("redis://127.0.0.1:6379/10")
+    client.delete("supportgate.mail")
+    app = _publisher_app(settings, 10)
+    ran: list[str] = []
+    ids = [str(add_task(db, key=f"m{i}", payload={"n": i})) for i in range(4)]
+    monkeypatch.setattr(
+        tasks,
+        "_state",
+        tasks.WorkerState(
+            settings, db, {"email.send": lambda p: ran.append(p["n"])}, CeleryPublisher(app)
+        ),
+    )
+    try:
+        assert tasks.run_outbox(*ids[:2]) == ["done", "done"]
+        assert tasks.run_outbox(ids[0]) == "skipped"  # a second message for a row
+        assert ran == [0, 1]
+        monkeypatch.setattr(tasks, "MESSAGE_BUDGET_SECONDS", 0.0)
+        assert tasks.run_outbox(*ids[2:]) == ["done"]  # over budget after the first row
+        assert ran == [0, 1, 2]
+        assert state_of(db, uuid.UUID(ids[3])).state == "pending"
+        handed = [json.loads(m) for m in reversed(client.lrange("supportgate.mail", 0, -1))]
+        assert [m["headers"]["argsrepr"] for m in handed] == [repr([ids[3]])]
+    finally:
+        client.delete("supportgate.mail")
         client.close()
         app.close()

@@ -7,25 +7,39 @@
     supportgate.sweep        maintenance.py    hand back stale rows (beat, every 30 s)
     supportgate.maintenance  maintenance.py    the deletion policy (beat)
 
+A message names one row, or several rows of its queue (the SMTP edge
+publishes a batch that committed together as one message); the task runs
+them in turn, and hands the rest back to the queue when one message has
+taken longer than ``MESSAGE_BUDGET_SECONDS``.
+
 The worker process state (database, handlers) is built per child process on
 ``worker_process_init``: connections are never shared across a fork.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
+from sqlalchemy import select
 
 from gateway.config import Settings, load_settings
 from gateway.db import Database
-from gateway.events import watch_outbox
+from gateway.events import OutboxTask, watch_outbox
 from workers.handlers import TaskContext, handlers
 from workers.outbox import Handler, run_task
 from workers.queue import CeleryPublisher, make_publisher_app
+
+log = logging.getLogger("supportgate.worker")
+
+# Well under the hard time limit (300 s): a message naming many heavy rows
+# hands the rest back instead of being killed halfway.
+MESSAGE_BUDGET_SECONDS = 60.0
 
 
 @dataclass
@@ -33,6 +47,7 @@ class WorkerState:
     settings: Settings
     db: Database
     handlers: dict[str, Handler]
+    publisher: CeleryPublisher
 
 
 _state: WorkerState | None = None
@@ -43,9 +58,10 @@ def state() -> WorkerState:
     if _state is None:
         settings = load_settings()
         db = Database(settings.effective_database_url, pool_size=2)
+        publisher = CeleryPublisher(make_publisher_app(settings))
         # Tasks written by a task (an acknowledgment to send) leave at its commit.
-        watch_outbox(db.sessions, CeleryPublisher(make_publisher_app(settings)).after_commit)
-        _state = WorkerState(settings, db, handlers(TaskContext.create(settings, db)))
+        watch_outbox(db.sessions, publisher.after_commit)
+        _state = WorkerState(settings, db, handlers(TaskContext.create(settings, db)), publisher)
     return _state
 
 
@@ -55,9 +71,32 @@ def _fresh_state_per_child(**_: Any) -> None:
     _state = None
 
 
-def run_outbox(task_id: str) -> str:
+def run_outbox(*task_ids: str) -> str | list[str]:
+    """Run the rows one message names, in order; their new states (one: a string)."""
     current = state()
-    return run_task(current.db, current.handlers, uuid.UUID(task_id))
+    started = time.monotonic()
+    states: list[str] = []
+    for done, task_id in enumerate(task_ids):
+        if done and time.monotonic() - started > MESSAGE_BUDGET_SECONDS:
+            hand_on(current, task_ids[done:])
+            break
+        states.append(run_task(current.db, current.handlers, uuid.UUID(task_id)))
+    return states[0] if len(task_ids) == 1 else states
+
+
+def hand_on(current: WorkerState, task_ids: tuple[str, ...]) -> None:
+    """Publish the rows a message did not get to as new messages (one per row)."""
+    ids = [uuid.UUID(task_id) for task_id in task_ids]
+    with current.db.transaction() as session:
+        rows = [
+            (row.id, row.kind)
+            for row in session.execute(
+                select(OutboxTask.id, OutboxTask.kind).where(OutboxTask.id.in_(ids))
+            )
+        ]
+    log.info("message over its time budget; handing rows on", extra={"rows": len(rows)})
+    # If this fails, the rows are still pending: the relay publishes them.
+    current.publisher.after_commit(sorted(rows, key=lambda row: ids.index(row[0])))
 
 
 def register(app: Celery) -> None:

@@ -7,6 +7,6 @@ def register(app: Celery) -> None:
     from workers.tasks import run_outbox
 
     @app.task(name="supportgate.slack")
-    def slack(task_id: str) -> str:
-        """Process a stored Slack event or make one Slack post (``slack.*`` rows)."""
-        return run_outbox(task_id)
+    def slack(*task_ids: str) -> str | list[str]:
+        """Process stored Slack events or make Slack posts (``slack.*`` rows)."""
+        return run_outbox(*task_ids)
