@@ -41,7 +41,12 @@ from gateway.users.services import get_or_create_customer
 def user_ref(user: User | None) -> dict[str, Any] | None:
     if user is None:
         return None
-    return {"id": str(user.id), "email": user.email, "name": user.name}
+    return _ref(user.id, user.email, user.name)
+
+
+def _ref(user_id: Any, email: str | None, name: str | None) -> dict[str, Any] | None:
+    """``user_ref`` from a read row's columns (None for an outer join that found no user)."""
+    return None if email is None else {"id": str(user_id), "email": email, "name": name}
 
 
 def _ticket_json(
@@ -218,24 +223,8 @@ def ticket_rows_out(
         if unordered:
             tags = sorted(tags) if tags else tags
             metadata = dict(sorted(metadata.items())) if metadata else metadata
-        customer = (
-            None
-            if row.customer_email is None
-            else {
-                "id": str(row.customer_id),
-                "email": row.customer_email,
-                "name": row.customer_name,
-            }
-        )
-        assignee = (
-            None
-            if row.assignee_email is None
-            else {
-                "id": str(row.assignee_id),
-                "email": row.assignee_email,
-                "name": row.assignee_name,
-            }
-        )
+        customer = _ref(row.customer_id, row.customer_email, row.customer_name)
+        assignee = _ref(row.assignee_id, row.assignee_email, row.assignee_name)
         out.append(_ticket_json(row, customer, assignee, tags or [], metadata or {}, principal))
     return out
 
