@@ -229,20 +229,11 @@ def test_send_interrupted_mid_relay_is_dead_lettered_not_resent(mail_server, db,
         assert s.scalar(select(OutboundMail.state)) == "sent"
 
 
-def test_publisher_sends_each_row_of_a_batch_to_its_queue_in_order(settings):
-    """Rows committed together are published in one Redis pipeline, one message per row."""
-    import json
-
-    import redis as redis_lib
-
+def _publisher_app(settings, queue_db):
     from gateway.config import Settings as S
-    from workers.queue import CeleryPublisher, make_publisher_app
+    from workers.queue import make_publisher_app
 
-    queue_db = 13
-    client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
-    queues = ("supportgate.ingest", "supportgate.mail")
-    client.delete(*queues)
-    app = make_publisher_app(
+    return make_publisher_app(
         S(
             **{
                 **settings.model_dump(),
@@ -252,6 +243,21 @@ def test_publisher_sends_each_row_of_a_batch_to_its_queue_in_order(settings):
             _env_file=None,
         )
     )
+
+
+def test_publisher_sends_each_row_of_a_batch_to_its_queue_in_order(settings):
+    """Rows committed together are published in one Redis pipeline, one message per row."""
+    import json
+
+    import redis as redis_lib
+
+    from workers.queue import CeleryPublisher
+
+    queue_db = 13
+    client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
+    queues = ("supportgate.ingest", "supportgate.mail")
+    client.delete(*queues)
+    app = _publisher_app(settings, queue_db)
     rows = [(uuid.uuid4(), "inbound.ingest" if i % 3 else "email.send") for i in range(40)]
     try:
         CeleryPublisher(app).publish(rows)
@@ -276,22 +282,12 @@ def test_relay_leaves_rows_alone_while_their_queue_has_a_backlog(db, settings):
     queue: the relay publishes no second copy until the queue drains, or the row is stale."""
     import redis as redis_lib
 
-    from gateway.config import Settings as S
-    from workers.queue import CeleryPublisher, make_publisher_app
+    from workers.queue import CeleryPublisher
 
     queue_db = 12
     client = redis_lib.Redis.from_url(f"redis://127.0.0.1:6379/{queue_db}")
     client.delete("supportgate.ingest")
-    app = make_publisher_app(
-        S(
-            **{
-                **settings.model_dump(),
-                "redis_url": "redis://127.0.0.1:6379/0",
-                "celery_redis_db": queue_db,
-            },
-            _env_file=None,
-        )
-    )
+    app = _publisher_app(settings, queue_db)
     task_id = add_task(db, kind="inbound.ingest", payload={"inbound_id": "x"})
     with db.transaction() as s:  # older than the producer's fast path, younger than stale
         s.execute(update(OutboxTask).values(updated_at=utcnow() - timedelta(minutes=1)))
@@ -328,22 +324,6 @@ def test_relay_leaves_rows_alone_while_their_queue_has_a_backlog(db, settings):
         client.delete("supportgate.ingest")
         client.close()
         app.close()
-
-
-def _publisher_app(settings, queue_db):
-    from gateway.config import Settings as S
-    from workers.queue import make_publisher_app
-
-    return make_publisher_app(
-        S(
-            **{
-                **settings.model_dump(),
-                "redis_url": "redis://127.0.0.1:6379/0",
-                "celery_redis_db": queue_db,
-            },
-            _env_file=None,
-        )
-    )
 
 
 def test_publisher_names_several_rows_of_a_queue_in_one_message(settings):

@@ -198,33 +198,21 @@ class Api:
             Content_Type=f"multipart/form-data; boundary={boundary}",
         )
 
-    def attachments(self) -> list[dict[str, Any]]:
+    def _get(self, path: str) -> bytes:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
-            conn.request(
-                "GET",
-                f"/api/v1/tickets/{self.ticket}/attachments",
-                headers={"Authorization": f"Bearer {self.token}"},
-            )
-            response = conn.getresponse()
-            assert response.status == 200
-            return list(json.loads(response.read())["items"])
-        finally:
-            conn.close()
-
-    def download(self, attachment_id: str) -> bytes:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            conn.request(
-                "GET",
-                f"/api/v1/attachments/{attachment_id}",
-                headers={"Authorization": f"Bearer {self.token}"},
-            )
+            conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}"})
             response = conn.getresponse()
             assert response.status == 200
             return response.read()
         finally:
             conn.close()
+
+    def attachments(self) -> list[dict[str, Any]]:
+        return list(json.loads(self._get(f"/api/v1/tickets/{self.ticket}/attachments"))["items"])
+
+    def download(self, attachment_id: str) -> bytes:
+        return self._get(f"/api/v1/attachments/{attachment_id}")
 
     def staged_leftovers(self) -> list[Path]:
         return list(self.store.glob(".upload-*"))
