@@ -185,3 +185,20 @@ def make_ticket(admin: Caller):
         return response.get_json()
 
     return make
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path) -> Iterator[tuple[Flask, Database]]:
+    """The API on a fresh, migrated SQLite file (the embedded default), without rate limits."""
+    url = f"sqlite:///{tmp_path / 'sg.db'}"
+    upgrade(url)
+    db = Database(url)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=url,
+        rate_limit_per_minute=0,
+        auth_failures_per_minute=0,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    yield create_app(settings, database=db), db
+    db.dispose()

@@ -15,16 +15,13 @@ import pytest
 from flask import Flask, json
 from flask.testing import FlaskClient
 
-from gateway.config import Settings
 from gateway.db import Database
 from gateway.errors import GatewayError
-from gateway.migrations import upgrade
 from gateway.permissions import Principal
 from gateway.tickets.listing import ExtraFilters, list_tickets
 from gateway.tickets.schemas import TicketListQuery
 from gateway.tickets.services import get_ticket, tickets_out
 from gateway.users.services import add_user_cli, find_user_by_email
-from web.app import create_app
 from web.spec import parse_query
 
 ROLES = {
@@ -215,22 +212,12 @@ class World:
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def world(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+def world(request: pytest.FixtureRequest) -> Any:
     if request.param == "postgresql":
         yield World(request.getfixturevalue("app"), request.getfixturevalue("db"))
         return
-    url = f"sqlite:///{tmp_path / 'sg.db'}"
-    upgrade(url)
-    db = Database(url)
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=url,
-        rate_limit_per_minute=0,
-        auth_failures_per_minute=0,
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    yield World(create_app(settings, database=db), db)
-    db.dispose()
+    app, db = request.getfixturevalue("sqlite_app")
+    yield World(app, db)
 
 
 def test_lists_match_the_orm_path(world: World) -> None:

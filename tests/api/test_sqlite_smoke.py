@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import Settings
-from gateway.db import Database
-from gateway.migrations import upgrade
 from gateway.users.services import add_user_cli
-from web.app import create_app
 
 
 @pytest.fixture
-def sqlite_admin(tmp_path):
-    url = f"sqlite:///{tmp_path / 'sg.db'}"
-    upgrade(url)
-    db = Database(url)
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=url,
-        rate_limit_per_minute=0,
-        auth_failures_per_minute=0,
-        _env_file=None,
-    )
-    app = create_app(settings, database=db)
+def sqlite_admin(sqlite_app):
+    app, db = sqlite_app
     with db.transaction() as s:
         _, token = add_user_cli(s, "root@example.com", "admin", "Root", None)
     client = app.test_client()
     headers = {"Authorization": f"Bearer {token}"}
-    yield client, headers
-    db.dispose()
+    return client, headers
 
 
 def test_walkthrough_on_sqlite(sqlite_admin):
