@@ -27,6 +27,8 @@ import psycopg
 import pytest
 import requests
 
+from tests.ports import free_port
+
 COMMAND_TIMEOUT = 60  # seconds for a one-shot command (migrations included)
 START_TIMEOUT = 60  # seconds for `serve` to answer /healthz
 STOP_TIMEOUT = 10  # seconds SIGTERM may take, per the contract
@@ -60,12 +62,6 @@ def run(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProc
         timeout=COMMAND_TIMEOUT,
         check=False,
     )
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def add_user(tmp_path: Path, email: str, role: str, **settings: str) -> str:

@@ -36,6 +36,14 @@ from tests.integration.sse import SseClient
 REDIS_SERVER = "redis://127.0.0.1:6379"
 
 
+def process_logs(tmp_path: Path) -> str:
+    """The tail of every process's log of this test (for a failure's message)."""
+    return "\n".join(
+        f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+        for log in sorted(tmp_path.glob("*.log"))
+    )
+
+
 @contextmanager
 def running(tmp_path: Path, command: str, port: int, **settings: str) -> Iterator[str]:
     """``supportgate <command>`` listening on ``port``; yields its base URL."""
@@ -122,6 +130,7 @@ def test_two_api_processes_behind_one_redis_fan_out(tmp_path: Path, pg_database:
         SseClient(ev_one, token) as first,
         SseClient(ev_two, token) as second,
     ):
+        assert (first.status, second.status) == (200, 200), process_logs(tmp_path)
         headers = {"Authorization": f"Bearer {token}"}
         ticket = requests.post(
             f"{api_one}/api/v1/tickets",
@@ -136,7 +145,10 @@ def test_two_api_processes_behind_one_redis_fan_out(tmp_path: Path, pg_database:
             timeout=10,
         )
         assert patched.status_code == 200
-        got_one, got_two = first.take(2, timeout=15), second.take(2, timeout=15)
+        try:
+            got_one, got_two = first.take(2, timeout=15), second.take(2, timeout=15)
+        except (AssertionError, EOFError) as exc:
+            pytest.fail(f"{exc!r}\n{process_logs(tmp_path)}")
         for got in (got_one, got_two):
             assert [m.event for m in got] == ["ticket.created", "ticket.updated"]
             assert [m.data["ticket_id"] for m in got] == [ticket["id"]] * 2

@@ -25,9 +25,10 @@ import requests
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from tests.e2e.test_cli import add_user, free_port, run, serving
+from tests.e2e.test_cli import add_user, run, serving
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack
 from tests.fakes.slack_requests import SIGNING_SECRET, event_body, signed_headers, thread_reply
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

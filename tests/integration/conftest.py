@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,16 +18,11 @@ from adapters.email.smtp_server import serve_smtp
 from gateway.config import Settings
 from gateway.db import Database
 from gateway.inbound.addresses import SupportAddress
+from tests.ports import free_port
 from workers.handlers import TaskContext, handlers
 from workers.inprocess import TaskRunner
 
 SUPPORT = "support@help.example.com"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -19,12 +19,6 @@ from gateway.db import Database
 from web.events import serve_events
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def events_server(
     settings: Settings, database: Database | None = None, *, channel: str | None = None

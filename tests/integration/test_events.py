@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from gateway.config import Settings
-from tests.integration.sse import SseClient, events_server, free_port, wait_settled
+from tests.integration.sse import SseClient, events_server, wait_settled
+from tests.ports import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from gateway.errors import ConfigurationError, ServiceUnavailable
 from gateway.events import OutboxTask
 from gateway.inbound.models import ImapCheckpoint, InboundMail
 from gateway.inbound.store import accept_raw
+from tests.ports import free_port
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 USER = "support"
@@ -83,12 +84,6 @@ class Dovecot:
 def _dovecot_binary() -> str | None:
     found = shutil.which("dovecot") or "/usr/sbin/dovecot"
     return found if os.access(found, os.X_OK) else None
-
-
-def _free_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _accounts() -> tuple[str, str, str, int, int]:
@@ -176,7 +171,7 @@ def dovecot() -> Iterator[Dovecot]:
     # base64: the password holds ":", the passwd-file field separator.
     secret = base64.b64encode(PASSWORD.encode()).decode()
     (root / "users").write_text(f"{USER}:{{PLAIN.b64}}{secret}:{mail_uid}:{mail_gid}::{home}::\n")
-    port = _free_port()
+    port = free_port()
     conf = root / "dovecot.conf"
     conf.write_text(
         CONFIG.format(root=root, port=port, internal=internal, group=group, login=login)
@@ -608,7 +603,7 @@ def test_polls_when_idle_is_off(
 
 
 def test_unreachable_server_is_retried_with_backoff(imap_db: Database) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     config = parse_imap_url(f"imap://u:p@127.0.0.1:{port}/INBOX")
     target = ImapPoller(config, imap_db, timeout=2, backoff=Backoff(0.01, 0.08))
 
@@ -698,7 +693,7 @@ def test_check_connection_reports_one_line(
     with pytest.raises(ConfigurationError, match="SELECT refused"):
         check_connection(missing)
 
-    port = _free_port()
+    port = free_port()
     closed = settings.model_copy(update={"imap_url": f"imap://u:hunter2@127.0.0.1:{port}/"})
     with pytest.raises(ServiceUnavailable, match="unreachable") as exc:
         check_connection(closed, timeout=2)

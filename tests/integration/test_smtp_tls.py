@@ -12,7 +12,8 @@ import pytest
 
 from adapters.email.smtp_server import serve_smtp, tls_context
 from gateway.inbound.addresses import SupportAddress
-from tests.integration.conftest import SUPPORT, free_port, make_mail
+from tests.integration.conftest import SUPPORT, make_mail
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -20,21 +20,16 @@ import pytest
 from gateway.storage import LocalStorage, storage_from_settings
 from gateway.storage.s3 import S3Storage
 from tests.blobs import opaque_bytes
+from tests.ports import free_port
 
 BUCKET = "supportgate-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"

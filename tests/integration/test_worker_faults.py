@@ -34,6 +34,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.conftest import IN_CI, PG_SERVER, _admin_dsn
+from tests.ports import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,12 +45,6 @@ pytestmark = [
 ]
 
 SUPPORT = "support@faults.example.com"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
