@@ -41,7 +41,14 @@ from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
 from gateway.outbound.services import MailContext, prepare_reply
 from gateway.slack.mirror import install_mirror
-from workers.outbox import Handler, Job, PermanentTaskError, PlainHandler, Settling
+from workers.outbox import (
+    Batching,
+    Handler,
+    Job,
+    PermanentTaskError,
+    PlainHandler,
+    Settling,
+)
 
 log = logging.getLogger("supportgate.tasks")
 
@@ -91,6 +98,30 @@ def ingest(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
         outcome = process_inbound(session, ctx.mail, mail, parsed, visible_text)
         mail.attempts += 1
     log.info("ingested", extra={"inbound_id": str(inbound_id), **outcome})
+
+
+def ingest_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None:
+    """:func:`ingest` for several stored messages, in order, in one transaction.
+
+    What one message does is visible to the next (a reply to a mail of the
+    same batch threads, a duplicate is seen), as if they had run one by one.
+    """
+    ids = [uuid.UUID(payload["inbound_id"]) for payload, _ in batch]
+    outcomes: list[tuple[uuid.UUID, dict[str, Any]]] = []
+    with Job.settle_all(ctx.db, [job for _, job in batch]) as session:
+        stmt = select(InboundMail).where(InboundMail.id.in_(ids)).order_by(InboundMail.id)
+        mails = {mail.id: mail for mail in session.scalars(_lock(session, stmt))}
+        for inbound_id in ids:
+            mail = mails.get(inbound_id)
+            if mail is None or mail.state != "received":
+                continue
+            parsed = parse_message(mail.raw)
+            outcomes.append(
+                (inbound_id, process_inbound(session, ctx.mail, mail, parsed, visible_text))
+            )
+            mail.attempts += 1
+    for inbound_id, outcome in outcomes:
+        log.info("ingested", extra={"inbound_id": str(inbound_id), **outcome})
 
 
 def reply(ctx: TaskContext, payload: dict[str, Any]) -> None:
@@ -154,7 +185,9 @@ def send(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
 
 def handlers(ctx: TaskContext) -> dict[str, Handler]:
     table: dict[str, Handler] = {
-        "inbound.ingest": Settling(lambda p, job: ingest(ctx, p, job)),
+        "inbound.ingest": Batching(
+            lambda p, job: ingest(ctx, p, job), lambda batch: ingest_many(ctx, batch)
+        ),
         "email.reply": lambda p: reply(ctx, p),
         "email.send": Settling(lambda p, job: send(ctx, p, job)),
         "storage.collect": lambda p: collect_files(ctx.db, ctx.files, p),

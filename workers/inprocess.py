@@ -1,8 +1,8 @@
 """The embedded default's task processing: the outbox table is the queue.
 
 A :class:`TaskRunner` claims due ``outbox_tasks`` rows (``FOR UPDATE SKIP
-LOCKED`` on PostgreSQL, so several runners share the work) and runs each
-through :func:`workers.outbox.run_task`: the same claim / backoff /
+LOCKED`` on PostgreSQL, so several runners share the work) and runs them
+through :func:`workers.outbox.run_tasks`: the same claim / batch / backoff /
 dead-letter rules as the Celery workers. Rows left ``running`` by a process
 that died are handed back by :func:`workers.outbox.sweep`.
 """
@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from gateway.db import Database, utcnow
 from gateway.events import OutboxTask
-from workers.outbox import MAX_ATTEMPTS, STALE_AFTER, Handler, run_task, sweep
+from workers.outbox import MAX_ATTEMPTS, STALE_AFTER, Handler, run_tasks, sweep
 
 log = logging.getLogger("supportgate.tasks")
 
@@ -58,11 +58,8 @@ class TaskRunner:
             )
 
     def run_once(self) -> int:
-        ran = 0
-        for task_id in self._due():
-            if run_task(self.db, self.handlers, task_id, self.max_attempts) != "skipped":
-                ran += 1
-        return ran
+        states = run_tasks(self.db, self.handlers, self._due(), self.max_attempts)
+        return sum(state != "skipped" for state in states)
 
     def run(self, stop: threading.Event) -> None:
         sweep(self.db, self.stale_after)

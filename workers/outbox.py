@@ -23,6 +23,12 @@ ever). A handler wrapped in :class:`Settling` is given the claimed
 :class:`Job` and marks the row ``done`` inside its own last transaction
 (``job.settle()``): the work and its settlement commit together, one
 transaction fewer, and a crash between them cannot exist.
+
+Several rows (one Celery message names up to 16, the SMTP edge's batch) are
+claimed by one UPDATE (:func:`run_tasks`). Consecutive rows of a kind whose
+handler is :class:`Batching` then run together, in one transaction that also
+settles them all. If that transaction fails, none of it commits and each row
+runs again alone, so one bad row fails alone and its neighbours are not lost.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -76,6 +82,40 @@ def claim(db: Database, task_id: uuid.UUID) -> tuple[str, dict[str, Any], int] |
         if row is None:
             return None
         return row.kind, dict(row.payload), row.attempts
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A row taken for running."""
+
+    task_id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def claim_many(db: Database, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Claimed]:
+    """Take several rows for running in one UPDATE; the ones that were runnable, by id.
+
+    On PostgreSQL the rows are locked in id order first, so two workers
+    claiming overlapping sets wait for each other instead of deadlocking.
+    """
+    with db.transaction() as session:
+        wanted = (
+            select(OutboxTask.id)
+            .where(OutboxTask.id.in_(list(task_ids)), OutboxTask.state.in_(("pending", "queued")))
+            .order_by(OutboxTask.id)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            wanted = wanted.with_for_update()
+        rows = session.execute(
+            update(OutboxTask)
+            .where(OutboxTask.id.in_(wanted.scalar_subquery()))
+            .values(state="running", attempts=OutboxTask.attempts + 1, updated_at=utcnow())
+            .returning(OutboxTask.id, OutboxTask.kind, OutboxTask.payload, OutboxTask.attempts)
+            .execution_options(synchronize_session=False)
+        )
+        return {row.id: Claimed(row.id, row.kind, dict(row.payload), row.attempts) for row in rows}
 
 
 def _settle_values(
@@ -165,6 +205,22 @@ class Job:
             settle(session, self.task_id, None, self.attempts)
         self.settled = True
 
+    @staticmethod
+    @contextmanager
+    def settle_all(db: Database, jobs: Sequence[Job]) -> Iterator[Session]:
+        """:meth:`settle` for several jobs: one transaction marks them all ``done``."""
+        with db.transaction() as session:
+            yield session
+            if jobs:
+                session.execute(
+                    update(OutboxTask)
+                    .where(OutboxTask.id.in_([job.task_id for job in jobs]))
+                    .values(state="done", last_error=None, updated_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+        for job in jobs:
+            job.settled = True
+
 
 @dataclass(frozen=True)
 class Settling:
@@ -175,6 +231,19 @@ class Settling:
     """
 
     run: Callable[[dict[str, Any], Job], None]
+
+
+@dataclass(frozen=True)
+class Batching(Settling):
+    """A :class:`Settling` handler that can also run several rows in one transaction.
+
+    ``run_many`` gets the (payload, job) pairs of consecutive claimed rows of
+    its kind and settles them all in its one transaction
+    (:meth:`Job.settle_all`). If it raises, nothing of it may have committed:
+    each row then runs alone through ``run``.
+    """
+
+    run_many: Callable[[list[tuple[dict[str, Any], Job]]], None]
 
 
 PlainHandler = Callable[[dict[str, Any]], None]
@@ -192,6 +261,81 @@ def run_task(
     if claimed is None:
         return "skipped"
     kind, payload, attempts = claimed
+    return run_claimed(db, handlers, Claimed(task_id, kind, payload, attempts), max_attempts)
+
+
+def run_tasks(
+    db: Database,
+    handlers: dict[str, Handler],
+    task_ids: Sequence[uuid.UUID],
+    max_attempts: int = MAX_ATTEMPTS,
+) -> list[str]:
+    """Claim several rows together and run them in order; their new states.
+
+    Consecutive rows of one :class:`Batching` kind run in one transaction;
+    when it fails, each of them runs alone (see the module docstring).
+    """
+    ids = list(dict.fromkeys(task_ids))
+    if not ids:
+        return []
+    if len(ids) == 1:
+        return [run_task(db, handlers, ids[0], max_attempts)]
+    claimed = claim_many(db, ids)
+    states = {task_id: "skipped" for task_id in ids}
+    groups: list[list[Claimed]] = []
+    for task_id in ids:
+        row = claimed.get(task_id)
+        if row is None:
+            continue
+        batching = isinstance(handlers.get(row.kind), Batching)
+        if batching and groups and groups[-1][0].kind == row.kind:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    for group in groups:
+        handler = handlers.get(group[0].kind)
+        if isinstance(handler, Batching) and len(group) > 1 and _run_batch(db, handler, group):
+            states.update((row.task_id, "done") for row in group)
+            continue
+        for row in group:
+            states[row.task_id] = run_claimed(db, handlers, row, max_attempts)
+    return [states[task_id] for task_id in task_ids]
+
+
+def _run_batch(db: Database, handler: Batching, group: list[Claimed]) -> bool:
+    """Run ``group`` in one transaction; False (nothing committed) if it failed."""
+    jobs = [Job(db, row.task_id, row.attempts) for row in group]
+    try:
+        handler.run_many([(row.payload, job) for row, job in zip(group, jobs, strict=True)])
+    except Exception:
+        log.warning(
+            "a batch of tasks failed; running its rows one by one",
+            exc_info=True,
+            extra={"kind": group[0].kind, "rows": len(group)},
+        )
+        return False
+    if all(job.settled for job in jobs):
+        return True
+    # The handler had nothing to do for some rows and left them to us.
+    for job in jobs:
+        if not job.settled:
+            finish(db, job.task_id, None, job.attempts)
+    return True
+
+
+def run_claimed(
+    db: Database,
+    handlers: dict[str, Handler],
+    claimed: Claimed,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> str:
+    """Run and settle a row already claimed; returns its new state."""
+    task_id, kind, payload, attempts = (
+        claimed.task_id,
+        claimed.kind,
+        claimed.payload,
+        claimed.attempts,
+    )
     handler = handlers.get(kind)
     if handler is None:
         return finish(db, task_id, f"no handler for {kind}", max_attempts, max_attempts)
