@@ -47,7 +47,7 @@ from workers.outbox import (
     Job,
     PermanentTaskError,
     PlainHandler,
-    Settling,
+    RunAlone,
 )
 
 log = logging.getLogger("supportgate.tasks")
@@ -183,13 +183,75 @@ def send(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
             row.sent_at = utcnow() if outcome == "sent" else None
 
 
+def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None:
+    """:func:`send` for several mails: one transaction marks them ``sending``, one relay
+    connection sends them in order, one transaction records every outcome."""
+    jobs = {uuid.UUID(payload["outbound_id"]): job for payload, job in batch}
+    to_send: list[tuple[uuid.UUID, str, bytes]] = []
+    with ctx.db.transaction() as session:
+        stmt = select(OutboundMail).where(OutboundMail.id.in_(list(jobs)))
+        mails = {m.id: m for m in session.scalars(_lock(session, stmt.order_by(OutboundMail.id)))}
+        if any(mail.state == "sending" for mail in mails.values()):
+            # An earlier attempt died mid-send: send() dead-letters that one as uncertain.
+            raise RunAlone("a mail of the batch may have left already")
+        for outbound_id in jobs:
+            mail = mails.get(outbound_id)
+            if mail is None or mail.state in ("sent", "stored", "suppressed", "failed"):
+                continue
+            if mail.recipient.endswith(".invalid"):
+                mail.state, mail.last_error = "suppressed", "recipient address is not deliverable"
+                continue
+            mail.state = "sending"  # committed before the relay is spoken to
+            mail.attempts += 1
+            to_send.append((outbound_id, mail.recipient, mail.raw))
+    if ctx.relay is None:
+        outcomes: list[Exception | None] = [None] * len(to_send)
+    else:
+        outcomes = ctx.relay.send_many(
+            ctx.mail.support.address, [(recipient, raw) for _, recipient, raw in to_send]
+        )
+    retry = {
+        outbound_id: error
+        for (outbound_id, _, _), error in zip(to_send, outcomes, strict=True)
+        if error is not None and not isinstance(error, PermanentFailure)
+    }
+    with Job.settle_all(ctx.db, [j for i, j in jobs.items() if i not in retry]) as session:
+        for (outbound_id, _, _), error in zip(to_send, outcomes, strict=True):
+            row = session.get(OutboundMail, outbound_id)
+            if row is None:
+                continue
+            if outbound_id in retry:
+                row.state = "pending"  # not sent: the next attempt sends it
+                jobs[outbound_id].fail_in(session, f"{type(error).__name__}: {error}")
+            elif ctx.relay is None:
+                row.state, row.last_error, row.sent_at = "stored", None, None
+            elif error is None:
+                row.state, row.last_error, row.sent_at = "sent", None, utcnow()
+            else:
+                row.state, row.last_error, row.sent_at = "failed", str(error), None
+    for outbound_id in retry:
+        jobs[outbound_id].settled = True
+    if ctx.relay is None and to_send:
+        log.info(
+            "outgoing mail stored, not sent (no SUPPORTGATE_OUTBOUND_SMTP_URL)",
+            extra={"outbound_ids": [str(i) for i, _, _ in to_send]},
+        )
+    for outbound_id, error in retry.items():
+        log.warning(
+            "outgoing mail not sent; retrying later",
+            extra={"outbound_id": str(outbound_id), "error": f"{type(error).__name__}: {error}"},
+        )
+
+
 def handlers(ctx: TaskContext) -> dict[str, Handler]:
     table: dict[str, Handler] = {
         "inbound.ingest": Batching(
             lambda p, job: ingest(ctx, p, job), lambda batch: ingest_many(ctx, batch)
         ),
         "email.reply": lambda p: reply(ctx, p),
-        "email.send": Settling(lambda p, job: send(ctx, p, job)),
+        "email.send": Batching(
+            lambda p, job: send(ctx, p, job), lambda batch: send_many(ctx, batch)
+        ),
         "storage.collect": lambda p: collect_files(ctx.db, ctx.files, p),
         "attachment.preview": lambda p: make_preview(ctx.db, ctx.files, p),
     }

@@ -60,6 +60,10 @@ class PermanentTaskError(Exception):
     """Retrying would not help (or would do harm): dead-letter the task at once."""
 
 
+class RunAlone(Exception):
+    """Raised by a batch handler that cannot take one of its rows: each runs alone."""
+
+
 def backoff(attempt: int, base: float = 2.0, cap: float = 600.0) -> float:
     """Exponential backoff with jitter, in seconds."""
     return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
@@ -192,6 +196,7 @@ class Job:
         self.task_id = task_id
         self.attempts = attempts
         self.settled = False
+        self.state = "done"  # what settling made of the row
 
     @contextmanager
     def settle(self) -> Iterator[Session]:
@@ -220,6 +225,14 @@ class Job:
                 )
         for job in jobs:
             job.settled = True
+
+    def fail_in(self, session: Session, error: str) -> None:
+        """Settle the row as a failed attempt in ``session`` (a batch's last transaction).
+
+        Retried with backoff, or dead-lettered after the last attempt; the
+        caller sets ``settled`` once ``session`` has committed.
+        """
+        self.state = settle(session, self.task_id, error[:2000], self.attempts)
 
 
 @dataclass(frozen=True)
@@ -294,33 +307,41 @@ def run_tasks(
             groups.append([row])
     for group in groups:
         handler = handlers.get(group[0].kind)
-        if isinstance(handler, Batching) and len(group) > 1 and _run_batch(db, handler, group):
-            states.update((row.task_id, "done") for row in group)
-            continue
+        if isinstance(handler, Batching) and len(group) > 1:
+            settled = _run_batch(db, handler, group)
+            if settled is not None:
+                states.update(settled)
+                continue
         for row in group:
             states[row.task_id] = run_claimed(db, handlers, row, max_attempts)
     return [states[task_id] for task_id in task_ids]
 
 
-def _run_batch(db: Database, handler: Batching, group: list[Claimed]) -> bool:
-    """Run ``group`` in one transaction; False (nothing committed) if it failed."""
+def _run_batch(
+    db: Database, handler: Batching, group: list[Claimed]
+) -> dict[uuid.UUID, str] | None:
+    """Run ``group`` in one transaction; the rows' new states, None if it failed."""
     jobs = [Job(db, row.task_id, row.attempts) for row in group]
     try:
         handler.run_many([(row.payload, job) for row, job in zip(group, jobs, strict=True)])
+    except RunAlone as exc:
+        log.info(
+            "running a batch's rows one by one",
+            extra={"kind": group[0].kind, "rows": len(group), "why": str(exc)},
+        )
+        return None
     except Exception:
         log.warning(
             "a batch of tasks failed; running its rows one by one",
             exc_info=True,
             extra={"kind": group[0].kind, "rows": len(group)},
         )
-        return False
-    if all(job.settled for job in jobs):
-        return True
-    # The handler had nothing to do for some rows and left them to us.
-    for job in jobs:
-        if not job.settled:
-            finish(db, job.task_id, None, job.attempts)
-    return True
+        return None
+    # Rows the handler had nothing to do for are left to us.
+    return {
+        job.task_id: job.state if job.settled else finish(db, job.task_id, None, job.attempts)
+        for job in jobs
+    }
 
 
 def run_claimed(

@@ -42,6 +42,56 @@ class Relay:
         )
 
     def send(self, envelope_from: str, recipient: str, raw: bytes, timeout: float = 30) -> None:
+        outcome = self.send_many(envelope_from, [(recipient, raw)], timeout)[0]
+        if outcome is not None:
+            raise outcome
+
+    def send_many(
+        self, envelope_from: str, mails: list[tuple[str, bytes]], timeout: float = 30
+    ) -> list[Exception | None]:
+        """Send each (recipient, raw) in order over one connection; an outcome per mail.
+
+        ``None``: sent. :class:`PermanentFailure`: refused for good (5xx).
+        Any other exception is transient: a connection that fails takes the
+        mails not yet sent with it (each gets that exception; none was sent).
+        """
+        outcomes: list[Exception | None] = []
+        try:
+            client = self._connect(timeout)
+        except Exception as exc:
+            return [exc] * len(mails)
+        try:
+            for recipient, raw in mails:
+                try:
+                    client.sendmail(envelope_from, [recipient], raw)
+                    outcomes.append(None)
+                except smtplib.SMTPRecipientsRefused as exc:
+                    code = next(iter(exc.recipients.values()))[0]
+                    outcomes.append(
+                        PermanentFailure(f"relay refused {recipient}: {code}")
+                        if 500 <= code < 600
+                        else exc
+                    )
+                except smtplib.SMTPResponseException as exc:
+                    outcomes.append(
+                        PermanentFailure(f"relay answered {exc.smtp_code}")
+                        if 500 <= exc.smtp_code < 600
+                        else exc
+                    )
+                except Exception as exc:
+                    # The connection is gone (or in a state we do not know):
+                    # this mail and the rest are not sent.
+                    outcomes += [exc] * (len(mails) - len(outcomes))
+                    break
+        finally:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
+        return outcomes
+
+    def _connect(self, timeout: float) -> smtplib.SMTP:
+        """A connection ready for MAIL FROM (TLS and login done as configured)."""
         client: smtplib.SMTP
         if self.implicit_tls:
             client = smtplib.SMTP_SSL(
@@ -56,18 +106,12 @@ class Relay:
                 client.ehlo()
             if self.user:
                 client.login(self.user, self.password or "")
-            client.sendmail(envelope_from, [recipient], raw)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code = next(iter(exc.recipients.values()))[0]
-            if 500 <= code < 600:
-                raise PermanentFailure(f"relay refused {recipient}: {code}") from exc
-            raise
         except smtplib.SMTPResponseException as exc:
+            client.close()
             if 500 <= exc.smtp_code < 600:
                 raise PermanentFailure(f"relay answered {exc.smtp_code}") from exc
             raise
-        finally:
-            try:
-                client.quit()
-            except smtplib.SMTPException:
-                client.close()
+        except BaseException:
+            client.close()
+            raise
+        return client

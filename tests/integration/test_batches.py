@@ -8,17 +8,24 @@ a batch that fails runs again row by row, so one bad row fails alone.
 
 from __future__ import annotations
 
+import uuid
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-from sqlalchemy import event, func, select, text
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import event, func, select, text, update
 
 from gateway.conversations.models import Message
+from gateway.db import utcnow
 from gateway.events import OutboxTask
 from gateway.inbound.models import InboundMail
 from gateway.inbound.store import Received, accept_many
+from gateway.outbound.models import OutboundMail
+from gateway.outbound.services import _queue
 from gateway.tickets.models import Ticket
 from tests.integration.test_outbox import add_task, state_of
+from tests.ports import free_port
 from workers.handlers import TaskContext, handlers
 from workers.outbox import Batching, Job, claim_many, run_tasks
 
@@ -121,3 +128,128 @@ def test_mail_of_one_batch_is_ingested_in_one_transaction_and_sees_its_neighbour
         assert (
             session.scalar(select(func.count()).where(OutboxTask.kind == "email.send")) == 2
         )  # one acknowledgment per new ticket
+
+
+class CountingRelay:
+    """A local relay that records (connection, recipient) per mail; it can refuse a
+    recipient (550) or drop the connection at the n-th MAIL FROM of a session."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[object, str]] = []
+        self.refuse: set[str] = set()
+        self.drop_at: int | None = None
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        session.mails = getattr(session, "mails", 0) + 1
+        if self.drop_at is not None and session.mails >= self.drop_at:
+            server.transport.close()
+            return "421 4.3.0 going away"
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.got.append((session.peer, envelope.rcpt_tos[0]))
+        return "250 OK"
+
+
+@pytest.fixture
+def counting_relay():
+    handler = CountingRelay()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+def _outgoing(db, recipients: list[str]) -> list:
+    """An acknowledgment-like mail and its email.send row per recipient; the rows' ids."""
+    with db.transaction() as session:
+        for n, recipient in enumerate(recipients):
+            _queue(
+                session,
+                OutboundMail(
+                    kind="ack",
+                    automatic=True,
+                    recipient=recipient,
+                    message_id_header=make_msgid(domain="help.example.com"),
+                    subject=f"Re: case {n}",
+                    raw=f"Subject: case {n}\r\n\r\nreceived\r\n".encode(),
+                ),
+            )
+    with db.transaction() as session:
+        rows = session.execute(
+            select(OutboxTask.id, OutboxTask.payload).where(OutboxTask.kind == "email.send")
+        ).all()
+        mails = {m.id: m.recipient for m in session.scalars(select(OutboundMail))}
+    by_recipient = {mails[uuid.UUID(payload["outbound_id"])]: i for i, payload in rows}
+    return [by_recipient[r] for r in recipients]
+
+
+def _mail_states(db) -> dict[str, tuple[str, int]]:
+    with db.transaction() as session:
+        return {m.recipient: (m.state, m.attempts) for m in session.scalars(select(OutboundMail))}
+
+
+def _send_handlers(settings, db, port: int):
+    relayed = settings.model_copy(update={"outbound_smtp_url": f"smtp://127.0.0.1:{port}"})
+    return handlers(TaskContext.create(relayed, db))
+
+
+def test_mails_of_one_batch_leave_over_one_connection_with_an_outcome_each(
+    settings, db, counting_relay
+):
+    relay, port = counting_relay
+    relay.refuse = {"gone@example.org"}
+    recipients = ["a@example.org", "gone@example.org", "b@example.org", "x@example.invalid"]
+    ids = _outgoing(db, recipients)
+    assert run_tasks(db, _send_handlers(settings, db, port), ids) == ["done"] * 4
+    assert [to for _, to in relay.got] == ["a@example.org", "b@example.org"]
+    assert len({peer for peer, _ in relay.got}) == 1  # one connection for the batch
+    assert _mail_states(db) == {
+        "a@example.org": ("sent", 1),
+        "gone@example.org": ("failed", 1),  # a 5xx is final; not retried
+        "b@example.org": ("sent", 1),
+        "x@example.invalid": ("suppressed", 0),
+    }
+
+
+def test_a_connection_lost_mid_batch_retries_the_mails_it_did_not_send(
+    settings, db, counting_relay
+):
+    relay, port = counting_relay
+    relay.drop_at = 2
+    ids = _outgoing(db, ["a@example.org", "b@example.org", "c@example.org"])
+    table = _send_handlers(settings, db, port)
+    assert run_tasks(db, table, ids) == ["done", "pending", "pending"]
+    assert _mail_states(db) == {
+        "a@example.org": ("sent", 1),
+        "b@example.org": ("pending", 1),
+        "c@example.org": ("pending", 1),
+    }
+    assert state_of(db, ids[1]).last_error.startswith("SMTP")
+    relay.drop_at = None
+    with db.transaction() as session:  # their retry time has come
+        session.execute(update(OutboxTask).values(available_at=utcnow()))
+    assert run_tasks(db, table, ids) == ["skipped", "done", "done"]
+    assert [to for _, to in relay.got] == ["a@example.org", "b@example.org", "c@example.org"]
+
+
+def test_a_batch_holding_a_mail_that_died_mid_send_runs_alone(settings, db, counting_relay):
+    relay, port = counting_relay
+    ids = _outgoing(db, ["a@example.org", "b@example.org"])
+    with db.transaction() as session:  # as if a worker was killed while sending it
+        session.execute(
+            update(OutboundMail)
+            .where(OutboundMail.recipient == "b@example.org")
+            .values(state="sending")
+        )
+    assert run_tasks(db, _send_handlers(settings, db, port), ids) == ["done", "dead"]
+    assert [to for _, to in relay.got] == ["a@example.org"]  # b is not sent blindly again
+    assert _mail_states(db)["b@example.org"][0] == "uncertain"

@@ -62,8 +62,9 @@ def state() -> WorkerState:
     if _state is None:
         settings = load_settings()
         db = Database(settings.effective_database_url, pool_size=2)
-        publisher = CeleryPublisher(make_publisher_app(settings))
-        # Tasks written by a task (an acknowledgment to send) leave at its commit.
+        # Tasks written by a task (an acknowledgment to send) leave at its commit;
+        # those of one commit (a batch's acknowledgments) in one message, sent together.
+        publisher = CeleryPublisher(make_publisher_app(settings), rows_per_message=CLAIM_AT_ONCE)
         watch_outbox(db.sessions, publisher.after_commit)
         _state = WorkerState(settings, db, handlers(TaskContext.create(settings, db)), publisher)
     return _state
@@ -101,7 +102,8 @@ def hand_on(current: WorkerState, task_ids: tuple[str, ...]) -> None:
         ]
     log.info("message over its time budget; handing rows on", extra={"rows": len(rows)})
     # If this fails, the rows are still pending: the relay publishes them.
-    current.publisher.after_commit(sorted(rows, key=lambda row: ids.index(row[0])))
+    one_each = CeleryPublisher(current.publisher.app)
+    one_each.after_commit(sorted(rows, key=lambda row: ids.index(row[0])))
 
 
 def register(app: Celery) -> None:
