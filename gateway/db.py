@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import DateTime, MetaData, create_engine, event
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -62,6 +63,51 @@ def utcnow() -> datetime:
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+DEFERRED_FLUSH = "supportgate.deferred_flush"
+
+
+def flush(session: Session) -> None:
+    """``session.flush()``, unless ``session`` is inside :func:`deferred_flush`."""
+    if not session.info.get(DEFERRED_FLUSH):
+        session.flush()
+
+
+@contextmanager
+def deferred_flush(session: Session) -> Iterator[None]:
+    """Write what the block adds in one flush at its end, not piece by piece.
+
+    Services flush as they go (ids, errors surfacing where they happen); in
+    here they do not, and queries do not autoflush, so the ORM writes the rows
+    of many objects of one table in one statement. The block must not read
+    back what it added: the caller makes sure its units of work are
+    independent of each other (workers/handlers.py, ``ingest_many``).
+    """
+    session.info[DEFERRED_FLUSH] = True
+    try:
+        with session.no_autoflush:
+            yield
+        _flush_in_table_order(session)
+    finally:
+        session.info.pop(DEFERRED_FLUSH, None)
+
+
+def _flush_in_table_order(session: Session) -> None:
+    """Flush table by table, parents first.
+
+    The unit of work orders mappers by their relationship()s; rows that only
+    reference another table by foreign key (participants, events, outbox
+    rows) could otherwise come before the ticket they belong to.
+    """
+    rank = {table: n for n, table in enumerate(Base.metadata.sorted_tables)}
+    groups: dict[int, list[Any]] = {}
+    for obj in [*session.new, *session.dirty]:
+        table = sa_inspect(obj).mapper.local_table
+        groups.setdefault(rank.get(table, len(rank)), []).append(obj)
+    for _, objects in sorted(groups.items()):
+        session.flush(objects)
+    session.flush()
 
 
 # PostgreSQL connections are not pinged on every checkout (``pool_pre_ping``

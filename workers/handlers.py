@@ -22,6 +22,7 @@ in the Celery tasks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -34,9 +35,9 @@ from adapters.email.quotes import visible_text
 from adapters.email.sender import PermanentFailure, Relay
 from gateway.attachments.services import Files, collect_files, make_preview
 from gateway.config import Settings
-from gateway.db import Database, utcnow
+from gateway.db import Database, deferred_flush, utcnow
 from gateway.inbound.addresses import SupportAddress
-from gateway.inbound.ingest import process_inbound
+from gateway.inbound.ingest import independent, process_inbound
 from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
 from gateway.outbound.services import MailContext, prepare_reply
@@ -110,16 +111,20 @@ def ingest_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> No
     outcomes: list[tuple[uuid.UUID, dict[str, Any]]] = []
     with Job.settle_all(ctx.db, [job for _, job in batch]) as session:
         stmt = select(InboundMail).where(InboundMail.id.in_(ids)).order_by(InboundMail.id)
-        mails = {mail.id: mail for mail in session.scalars(_lock(session, stmt))}
-        for inbound_id in ids:
-            mail = mails.get(inbound_id)
-            if mail is None or mail.state != "received":
-                continue
-            parsed = parse_message(mail.raw)
-            outcomes.append(
-                (inbound_id, process_inbound(session, ctx.mail, mail, parsed, visible_text))
-            )
-            mail.attempts += 1
+        found = {mail.id: mail for mail in session.scalars(_lock(session, stmt))}
+        mails = [
+            (mail, parse_message(mail.raw))
+            for mail in (found.get(i) for i in ids)
+            if mail is not None and mail.state == "received"
+        ]
+        # Mails that cannot see each other's rows are written in one flush: the
+        # ORM then inserts the rows of each table together.
+        together = independent(mails, ctx.mail.support)
+        with deferred_flush(session) if together else contextlib.nullcontext():
+            for mail, parsed in mails:
+                outcome = process_inbound(session, ctx.mail, mail, parsed, visible_text)
+                outcomes.append((mail.id, outcome))
+                mail.attempts += 1
     for inbound_id, outcome in outcomes:
         log.info("ingested", extra={"inbound_id": str(inbound_id), **outcome})
 

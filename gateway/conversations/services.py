@@ -19,7 +19,7 @@ from gateway.attachments.previews import preview_kind
 from gateway.conversations.models import Message
 from gateway.conversations.rendering import render_body
 from gateway.conversations.schemas import MessageCreate
-from gateway.db import utcnow
+from gateway.db import flush, new_id, utcnow
 from gateway.errors import InvalidTransition, ValidationFailed
 from gateway.events import enqueue, record_event
 from gateway.pagination import decode_cursor, encode_cursor
@@ -177,6 +177,7 @@ def record_message(
     that the ticket takes messages.
     """
     message = Message(
+        id=new_id(),
         ticket_id=ticket.id,
         author_id=principal.user_id,
         kind=kind,
@@ -219,5 +220,5 @@ def record_message(
             str(message.id),
             {"message_id": str(message.id), "ticket_id": str(ticket.id)},
         )
-    session.flush()
+    flush(session)
     return message

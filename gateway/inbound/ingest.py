@@ -31,10 +31,11 @@ from gateway.attachments.services import store_mail_file
 from gateway.conversations.models import Message
 from gateway.conversations.services import record_message
 from gateway.db import utcnow
+from gateway.inbound.addresses import SupportAddress
 from gateway.inbound.message import InboundMessage
 from gateway.inbound.models import InboundMail, TicketParticipant
 from gateway.inbound.rules import Verdict, judge
-from gateway.inbound.threading import find_thread, ticket_by_message_ids
+from gateway.inbound.threading import SUBJECT_NUMBER, find_thread, ticket_by_message_ids
 from gateway.metadata.models import TicketMetadata
 from gateway.outbound.services import MailContext, schedule_acknowledgment
 from gateway.permissions import Principal
@@ -146,6 +147,41 @@ def _open_ticket(
     return ticket
 
 
+def _sender(mail: InboundMail, parsed: InboundMessage) -> str:
+    sender = parsed.sender.email if parsed.sender else ""
+    return sender if "@" in sender else mail.envelope_from.strip("<> ").lower()
+
+
+def independent(mails: list[tuple[InboundMail, InboundMessage]], support: SupportAddress) -> bool:
+    """Whether none of ``mails`` can depend on what another of them writes.
+
+    True when each is from a sender of its own and none can thread (no
+    references, no ``[#number]``, no reply address, not a bounce or an
+    auto-reply) or shares a stored file with another (no attachments): each
+    then only reads what was committed before, and the batch can be written
+    in one flush (gateway.db.deferred_flush).
+    """
+    senders: set[str] = set()
+    for mail, parsed in mails:
+        if parsed.quarantined:
+            continue
+        if parsed.in_reply_to or parsed.references or SUBJECT_NUMBER.search(parsed.subject):
+            return False
+        if parsed.attachments:
+            return False
+        addresses = list(mail.recipients or []) + [a.email for a in parsed.to + parsed.cc]
+        if any(support.match(address)[1] for address in addresses):
+            return False
+        verdict = judge(parsed, mail.envelope_from, support.address)
+        if verdict.bounce or verdict.auto_reply:
+            return False
+        sender = _sender(mail, parsed).lower()
+        if sender in senders:
+            return False
+        senders.add(sender)
+    return True
+
+
 def process_inbound(
     session: Session,
     ctx: MailContext,
@@ -158,9 +194,7 @@ def process_inbound(
         return mail.outcome or {"state": mail.state}
     if parsed.quarantined:
         return _finish(mail, "quarantined", reason=parsed.quarantined)
-    sender = parsed.sender.email if parsed.sender else ""
-    if "@" not in sender:
-        sender = mail.envelope_from.strip("<> ").lower()
+    sender = _sender(mail, parsed)
     verdict: Verdict = judge(parsed, mail.envelope_from, ctx.support.address)
 
     if verdict.bounce:

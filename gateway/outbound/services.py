@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from gateway.attachments.models import Attachment
 from gateway.attachments.policy import Policies
 from gateway.conversations.models import Message
-from gateway.db import utcnow
+from gateway.db import flush, new_id, utcnow
 from gateway.events import enqueue
 from gateway.inbound.addresses import SupportAddress, reply_address
 from gateway.outbound.compose import Outgoing, compose, make_message_id, subject_for
@@ -67,8 +67,10 @@ def _last_customer_message_id(session: Session, ticket: Ticket) -> str | None:
 
 
 def _queue(session: Session, mail: OutboundMail) -> OutboundMail:
+    if mail.id is None:
+        mail.id = new_id()
     session.add(mail)
-    session.flush()
+    flush(session)
     if mail.state == "pending":
         enqueue(session, "email.send", str(mail.id), {"outbound_id": str(mail.id)})
     return mail

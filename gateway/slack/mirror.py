@@ -18,7 +18,8 @@ already and are not posted back, which also keeps our posts from echoing.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +27,8 @@ from gateway.conversations.models import Message
 from gateway.events import Event, enqueue, set_event_hook
 from gateway.slack.models import SlackPost, SlackThread
 from gateway.tickets.models import Ticket
+
+T = TypeVar("T")
 
 HOOK_NAME = "slack"
 UPDATE_EVENTS = frozenset(
@@ -38,8 +41,16 @@ def install_mirror(sessions: sessionmaker[Session], channel: str | None) -> None
     set_event_hook(sessions, HOOK_NAME, _Mirror(channel) if channel else None)
 
 
+def _added(session: Session, cls: type[T], match: Callable[[T], bool]) -> T | None:
+    """An object of ``cls`` added to ``session`` and not flushed yet (see
+    gateway.db.deferred_flush), for which ``match`` holds."""
+    return next((o for o in session.new if isinstance(o, cls) and match(o)), None)
+
+
 def ensure_thread(session: Session, ticket: Ticket, channel: str) -> SlackThread:
-    thread = session.get(SlackThread, ticket.id)
+    thread = session.get(SlackThread, ticket.id) or _added(
+        session, SlackThread, lambda t: t.ticket_id == ticket.id
+    )
     if thread is None:
         thread = SlackThread(ticket_id=ticket.id, channel=channel, state="pending")
         session.add(thread)
@@ -55,7 +66,10 @@ class _Mirror:
             ensure_thread(session, ticket, self.channel)
             enqueue(session, "slack.post", str(ticket.id), {"ticket_id": str(ticket.id)})
         elif event.type == "message.created":
-            message = session.get(Message, uuid.UUID(event.data["message_id"]))
+            message_id = uuid.UUID(event.data["message_id"])
+            message = session.get(Message, message_id) or _added(
+                session, Message, lambda m: m.id == message_id
+            )
             if message is None or message.channel == "slack":
                 return
             ensure_thread(session, ticket, self.channel)

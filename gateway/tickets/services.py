@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from gateway.db import DriverQuery, as_utc, utcnow
+from gateway.db import DriverQuery, as_utc, flush, new_id, utcnow
 from gateway.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from gateway.events import enqueue, record_event
 from gateway.metadata.models import TicketMetadata
@@ -306,6 +306,7 @@ def create_ticket(
     )
     now = utcnow()
     ticket = Ticket(
+        id=new_id(),
         number=_next_number(session),
         title=data.title,
         description=data.description,
@@ -325,12 +326,12 @@ def create_ticket(
     ticket.assignee = assignee
     ticket.tag_rows = [TicketTag(tag=tag) for tag in sorted(set(data.tags))]
     session.add(ticket)
-    session.flush()
+    flush(session)
     for key, value in data.metadata.items():
         session.add(TicketMetadata(ticket_id=ticket.id, key=key, value=value))
     audit(session, ticket, principal, "created")
     record_event(session, "ticket.created", ticket=ticket, actor=principal.as_actor())
-    session.flush()
+    flush(session)
     return ticket
 
 
@@ -352,7 +353,7 @@ def check_version(ticket: Ticket, if_match: int | None) -> None:
 def flush_change(session: Session) -> None:
     """Flush, turning a concurrent writer's win into PreconditionFailed."""
     try:
-        session.flush()
+        flush(session)
     except StaleDataError:
         raise PreconditionFailed("the ticket was changed by someone else; reload it") from None
 

@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.db import DriverQuery, utcnow
+from gateway.db import DriverQuery, flush, new_id, utcnow
 from gateway.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from gateway.pagination import decode_cursor, encode_cursor
 from gateway.permissions import Principal, require_admin
@@ -92,9 +92,12 @@ def get_or_create_customer(session: Session, email: str, name: str | None = None
     """The user for an address, created as a customer on first contact."""
     user = find_user_by_email(session, email)
     if user is None:
-        user = User(email=normalise_email(email), role="customer", name=name or "")
+        # Every value set here: under deferred_flush nothing is flushed (no defaults yet).
+        user = User(
+            id=new_id(), email=normalise_email(email), role="customer", name=name or "", active=True
+        )
         session.add(user)
-        session.flush()
+        flush(session)
     return user
 
 

@@ -253,3 +253,159 @@ def test_a_batch_holding_a_mail_that_died_mid_send_runs_alone(settings, db, coun
     assert run_tasks(db, _send_handlers(settings, db, port), ids) == ["done", "dead"]
     assert [to for _, to in relay.got] == ["a@example.org"]  # b is not sent blindly again
     assert _mail_states(db)["b@example.org"][0] == "uncertain"
+
+
+def _plain(n: int) -> bytes:
+    """Independent mail: a sender of its own, nothing to thread on."""
+    msg = EmailMessage()
+    msg["From"] = f"Customer {n} <c{n}@example.org>"
+    msg["To"] = SUPPORT
+    msg["Cc"] = f"colleague{n}@example.org"
+    msg["Subject"] = f"Case {n}"
+    msg["Message-ID"] = make_msgid(domain="example.org")
+    msg.set_content(f"Case {n}: the printer is on fire.\n")
+    msg.add_alternative(f"<p>Case {n}: the <b>printer</b> is on fire.</p>", subtype="html")
+    return msg.as_bytes()
+
+
+def _store_and_order(db, raws: list[bytes]) -> list:
+    with db.transaction() as session:
+        stored = accept_many(session, [Received(raw, "", [SUPPORT]) for raw in raws], source="smtp")
+    with db.transaction() as session:
+        rows = session.execute(
+            select(OutboxTask.id, OutboxTask.payload).where(OutboxTask.kind == "inbound.ingest")
+        ).all()
+    by_mail = {payload["inbound_id"]: task_id for task_id, payload in rows}
+    return [by_mail[mail_id] for mail_id in stored]
+
+
+def _written(db) -> list[tuple]:
+    """What ingesting wrote, ticket by ticket, without ids and times."""
+    from gateway.audit import AuditEntry
+    from gateway.events import Event
+    from gateway.inbound.models import TicketParticipant
+    from gateway.users.models import User
+
+    with db.transaction() as session:
+        out = []
+        for ticket in session.scalars(select(Ticket).order_by(Ticket.title)):
+            customer = session.get(User, ticket.customer_id)
+            messages = session.scalars(select(Message).where(Message.ticket_id == ticket.id))
+            out.append(
+                (
+                    ticket.title,
+                    ticket.status,
+                    ticket.channel,
+                    ticket.message_count,
+                    customer.email,
+                    customer.name,
+                    sorted((m.kind, m.body_text, m.body_html) for m in messages),
+                    sorted(
+                        session.scalars(
+                            select(TicketParticipant.email).where(
+                                TicketParticipant.ticket_id == ticket.id
+                            )
+                        )
+                    ),
+                    sorted(session.scalars(select(Event.type).where(Event.ticket_id == ticket.id))),
+                    sorted(
+                        session.scalars(
+                            select(AuditEntry.action).where(AuditEntry.target_id == str(ticket.id))
+                        )
+                    ),
+                    sorted(
+                        (o.recipient, o.subject.split(" [#")[0], o.state)
+                        for o in session.scalars(
+                            select(OutboundMail).where(OutboundMail.ticket_id == ticket.id)
+                        )
+                    ),
+                )
+            )
+        return out
+
+
+def test_independent_mail_is_written_in_one_flush_and_writes_what_mail_by_mail_does(settings, db):
+    from tests.conftest import reset
+
+    table = handlers(TaskContext.create(settings, db))
+    raws = [_plain(n) for n in range(5)]
+    for task_id in _store_and_order(db, raws):  # mail by mail
+        assert run_tasks(db, table, [task_id]) == ["done"]
+    one_by_one = _written(db)
+
+    reset(db)
+    ordered = _store_and_order(db, raws)
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().startswith("INSERT INTO tickets"):
+            inserts.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        assert run_tasks(db, table, ordered) == ["done"] * 5
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert len(inserts) == 1, inserts  # the five tickets in one statement
+    assert _written(db) == one_by_one
+    assert len(one_by_one) == 5 and all(row[3] == 1 for row in one_by_one)
+
+
+def test_a_batch_written_in_one_flush_is_mirrored_to_slack(settings, db):
+    from gateway.slack.mirror import install_mirror
+    from gateway.slack.models import SlackPost, SlackThread
+
+    table = handlers(TaskContext.create(settings, db))
+    install_mirror(db.sessions, "C123")
+    try:
+        assert (
+            run_tasks(db, table, _store_and_order(db, [_plain(n) for n in range(3)]))
+            == ["done"] * 3
+        )
+    finally:
+        install_mirror(db.sessions, None)
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(SlackThread)) == 3
+        assert session.scalar(select(func.count()).select_from(SlackPost)) == 3
+        kinds = sorted(
+            session.scalars(select(OutboxTask.kind).where(OutboxTask.kind.like("slack.%")))
+        )
+        assert kinds == ["slack.post"] * 3 + ["slack.thread"] * 3
+
+
+@pytest.mark.parametrize(
+    ("second", "together"),
+    [
+        ({"From": "other@example.org"}, True),
+        ({"From": "Ana <ANA@example.org>"}, False),  # the same sender again
+        ({"In-Reply-To": "<x@example.org>"}, False),
+        ({"References": "<x@example.org>"}, False),
+        ({"Subject": "About [#12]"}, False),
+        ({"To": "support+t12-abc@help.example.com"}, False),  # a reply address
+        ({"Auto-Submitted": "auto-replied"}, False),
+        ({"attachment": True}, False),
+    ],
+)
+def test_which_batches_are_written_in_one_flush(second, together):
+    from adapters.email.parsing import parse_message
+    from gateway.inbound.addresses import SupportAddress
+    from gateway.inbound.ingest import independent
+
+    def mail(headers: dict) -> tuple[InboundMail, object]:
+        msg = EmailMessage()
+        msg["From"] = headers.get("From", "ana@example.org")
+        msg["To"] = headers.get("To", SUPPORT)
+        msg["Subject"] = headers.get("Subject", "Printer")
+        msg["Message-ID"] = make_msgid(domain="example.org")
+        for name in ("In-Reply-To", "References", "Auto-Submitted"):
+            if name in headers:
+                msg[name] = headers[name]
+        msg.set_content("It is on fire.\n")
+        if headers.get("attachment"):
+            msg.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="a.pdf")
+        raw = msg.as_bytes()
+        stored = InboundMail(raw=raw, envelope_from="", recipients=[SUPPORT], state="received")
+        return stored, parse_message(raw)
+
+    support = SupportAddress.parse(SUPPORT)
+    assert independent([mail({}), mail(second)], support) is together
