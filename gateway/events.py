@@ -208,7 +208,10 @@ def watch_outbox(
     def _hand_over(session: Session) -> None:
         rows = session.info.pop("outbox_new", [])
         if rows:
-            callback([row if isinstance(row, tuple) else (row.id, row.kind) for row in rows])
+            # Once each: a flush of some objects only (gateway.db.deferred_flush)
+            # leaves the others in session.new for the next flush to see again.
+            pairs = [row if isinstance(row, tuple) else (row.id, row.kind) for row in rows]
+            callback(list(dict.fromkeys(pairs)))
 
     @event.listens_for(sessions, "after_rollback")
     def _forget(session: Session) -> None:

@@ -6,10 +6,11 @@ import asyncio
 import smtplib
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -42,14 +43,25 @@ class Sink:
         return "250 OK"
 
 
+H = TypeVar("H")
+
+
+@contextmanager
+def local_relay(handler: H) -> Iterator[tuple[H, int]]:
+    """``handler`` behind an aiosmtpd server on a free port; yields (handler, port)."""
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
 @pytest.fixture
 def relay() -> Iterator[tuple[Sink, int]]:
-    sink = Sink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield sink, port
-    controller.stop()
+    with local_relay(Sink()) as served:
+        yield served
 
 
 @dataclass

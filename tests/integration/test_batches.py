@@ -9,11 +9,11 @@ a batch that fails runs again row by row, so one bad row fails alone.
 from __future__ import annotations
 
 import uuid
+from email import message_from_bytes
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import make_msgid, parseaddr
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import event, func, select, text, update
 
 from gateway.conversations.models import Message
@@ -24,8 +24,8 @@ from gateway.inbound.store import Received, accept_many
 from gateway.outbound.models import OutboundMail
 from gateway.outbound.services import _queue
 from gateway.tickets.models import Ticket
+from tests.integration.conftest import local_relay
 from tests.integration.test_outbox import add_task, state_of
-from tests.ports import free_port
 from workers.handlers import TaskContext, handlers
 from workers.outbox import Batching, Job, claim_many, run_tasks
 
@@ -160,12 +160,8 @@ class CountingRelay:
 
 @pytest.fixture
 def counting_relay():
-    handler = CountingRelay()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield handler, port
-    controller.stop()
+    with local_relay(CountingRelay()) as served:
+        yield served
 
 
 def _outgoing(db, recipients: list[str]) -> list:
@@ -269,8 +265,12 @@ def _plain(n: int) -> bytes:
 
 
 def _store_and_order(db, raws: list[bytes]) -> list:
+    """Store ``raws`` as the SMTP edge does (envelope sender = From); their ingest rows."""
+    received = [
+        Received(raw, parseaddr(message_from_bytes(raw)["From"])[1], [SUPPORT]) for raw in raws
+    ]
     with db.transaction() as session:
-        stored = accept_many(session, [Received(raw, "", [SUPPORT]) for raw in raws], source="smtp")
+        stored = accept_many(session, received, source="smtp")
     with db.transaction() as session:
         rows = session.execute(
             select(OutboxTask.id, OutboxTask.payload).where(OutboxTask.kind == "inbound.ingest")
@@ -349,6 +349,7 @@ def test_independent_mail_is_written_in_one_flush_and_writes_what_mail_by_mail_d
     assert len(inserts) == 1, inserts  # the five tickets in one statement
     assert _written(db) == one_by_one
     assert len(one_by_one) == 5 and all(row[3] == 1 for row in one_by_one)
+    assert all(row[-1] == [(row[4], f"Re: {row[0]}", "pending")] for row in one_by_one)
 
 
 def test_a_batch_written_in_one_flush_is_mirrored_to_slack(settings, db):
@@ -409,3 +410,20 @@ def test_which_batches_are_written_in_one_flush(second, together):
 
     support = SupportAddress.parse(SUPPORT)
     assert independent([mail({}), mail(second)], support) is together
+
+
+def test_a_batch_written_in_one_flush_hands_each_new_task_over_once(settings, db):
+    from gateway.db import Database
+    from gateway.events import watch_outbox
+
+    watched = Database(db.url, pool_size=1)  # listeners of its own, not the shared factory's
+    handed: list[tuple] = []
+    watch_outbox(watched.sessions, handed.extend)
+    try:
+        table = handlers(TaskContext.create(settings, watched))
+        states = run_tasks(watched, table, _store_and_order(db, [_plain(n) for n in range(4)]))
+    finally:
+        watched.dispose()
+    assert states == ["done"] * 4
+    assert sorted(kind for _, kind in handed) == ["email.send"] * 4
+    assert len(set(handed)) == 4
