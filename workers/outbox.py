@@ -251,9 +251,11 @@ class Batching(Settling):
     """A :class:`Settling` handler that can also run several rows in one transaction.
 
     ``run_many`` gets the (payload, job) pairs of consecutive claimed rows of
-    its kind and settles them all in its one transaction
-    (:meth:`Job.settle_all`). If it raises, nothing of it may have committed:
-    each row then runs alone through ``run``.
+    its kind and settles them all in its last transaction
+    (:meth:`Job.settle_all`). If it raises, each row then runs alone through
+    ``run``, so what it committed before must be safe for ``run`` to find
+    (``email.send`` commits its mails as ``sending`` before the relay is
+    spoken to; ``run`` dead-letters such a mail as uncertain, never resends it).
     """
 
     run_many: Callable[[list[tuple[dict[str, Any], Job]]], None]
