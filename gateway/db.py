@@ -93,6 +93,36 @@ def deferred_flush(session: Session) -> Iterator[None]:
         session.info.pop(DEFERRED_FLUSH, None)
 
 
+PREFETCHED = "supportgate.prefetched"
+
+
+@contextmanager
+def prefetched(session: Session, **answers: dict[Any, Any]) -> Iterator[None]:
+    """Answers to lookups the block would make one by one, fetched together before it.
+
+    Each keyword names a lookup (see :func:`lookup`) and maps every key the
+    block may ask about to its answer. Only for a block whose lookups cannot
+    see its own writes (gateway.db.deferred_flush), so that the answers stay true.
+    """
+    session.info[PREFETCHED] = answers
+    try:
+        yield
+    finally:
+        session.info.pop(PREFETCHED, None)
+
+
+_MISSING = object()
+
+
+def lookup(session: Session, name: str, key: Any) -> Any:
+    """The prefetched answer for ``key``, or ``_MISSING``: ask the database."""
+    return session.info.get(PREFETCHED, {}).get(name, {}).get(key, _MISSING)
+
+
+def is_missing(answer: Any) -> bool:
+    return answer is _MISSING
+
+
 def _flush_in_table_order(session: Session) -> None:
     """Flush table by table, parents first.
 

@@ -35,9 +35,9 @@ from adapters.email.quotes import visible_text
 from adapters.email.sender import PermanentFailure, Relay
 from gateway.attachments.services import Files, collect_files, make_preview
 from gateway.config import Settings
-from gateway.db import Database, deferred_flush, utcnow
+from gateway.db import Database, deferred_flush, prefetched, utcnow
 from gateway.inbound.addresses import SupportAddress
-from gateway.inbound.ingest import independent, process_inbound
+from gateway.inbound.ingest import batch_lookups, independent, process_inbound
 from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
 from gateway.outbound.services import MailContext, prepare_reply
@@ -120,7 +120,12 @@ def ingest_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> No
         # Mails that cannot see each other's rows are written in one flush: the
         # ORM then inserts the rows of each table together.
         together = independent(mails, ctx.mail.support)
-        with deferred_flush(session) if together else contextlib.nullcontext():
+        with (
+            deferred_flush(session) if together else contextlib.nullcontext(),
+            prefetched(session, **batch_lookups(session, mails))
+            if together
+            else contextlib.nullcontext(),
+        ):
             for mail, parsed in mails:
                 outcome = process_inbound(session, ctx.mail, mail, parsed, visible_text)
                 outcomes.append((mail.id, outcome))

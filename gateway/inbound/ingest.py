@@ -30,20 +30,24 @@ from gateway.attachments.policy import Policies
 from gateway.attachments.services import store_mail_file
 from gateway.conversations.models import Message
 from gateway.conversations.services import record_message
-from gateway.db import utcnow
+from gateway.db import is_missing, lookup, utcnow
 from gateway.inbound.addresses import SupportAddress
 from gateway.inbound.message import InboundMessage
 from gateway.inbound.models import InboundMail, TicketParticipant
 from gateway.inbound.rules import Verdict, judge
 from gateway.inbound.threading import SUBJECT_NUMBER, find_thread, ticket_by_message_ids
 from gateway.metadata.models import TicketMetadata
-from gateway.outbound.services import MailContext, schedule_acknowledgment
+from gateway.outbound.services import (
+    MailContext,
+    automatic_mail_counts,
+    schedule_acknowledgment,
+)
 from gateway.permissions import Principal
 from gateway.tickets.models import Ticket
 from gateway.tickets.schemas import TicketCreate
 from gateway.tickets.services import create_ticket
 from gateway.users.models import User
-from gateway.users.services import get_or_create_customer
+from gateway.users.services import get_or_create_customer, normalise_email
 
 log = logging.getLogger("supportgate.ingest")
 
@@ -182,6 +186,37 @@ def independent(mails: list[tuple[InboundMail, InboundMessage]], support: Suppor
     return True
 
 
+def batch_lookups(
+    session: Session, mails: list[tuple[InboundMail, InboundMessage]]
+) -> dict[str, dict[Any, Any]]:
+    """What :func:`process_inbound` looks up for each of ``mails``, in three queries
+    (for gateway.db.prefetched, with mails that are :func:`independent`)."""
+    senders = {_sender(mail, parsed) for mail, parsed in mails if not parsed.quarantined}
+    emails = sorted({normalise_email(sender) for sender in senders})
+    pairs = {
+        (parsed.message_id, _sender(mail, parsed))
+        for mail, parsed in mails
+        if parsed.message_id and not parsed.quarantined
+    }
+    duplicates: dict[tuple[str, str], Any] = dict.fromkeys(pairs)
+    if pairs:
+        for message_id, email, found in session.execute(
+            select(Message.email_message_id, User.email, Message.id)
+            .join(User, User.id == Message.author_id)
+            .where(Message.email_message_id.in_(sorted({m for m, _ in pairs})))
+        ):
+            if duplicates.get((message_id, email), found) is None:
+                duplicates[message_id, email] = found
+    users = dict.fromkeys(emails) | {
+        user.email: user for user in session.scalars(select(User).where(User.email.in_(emails)))
+    }
+    return {
+        "user_by_email": users,
+        "duplicate_of": duplicates,
+        "automatic_mail_count": automatic_mail_counts(session, emails),
+    }
+
+
 def process_inbound(
     session: Session,
     ctx: MailContext,
@@ -222,12 +257,14 @@ def process_inbound(
         return _finish(mail, "quarantined", reason="no sender address")
 
     if parsed.message_id:
-        duplicate = session.scalar(
-            select(Message.id)
-            .join(User, User.id == Message.author_id)
-            .where(Message.email_message_id == parsed.message_id, User.email == sender)
-            .limit(1)
-        )
+        duplicate = lookup(session, "duplicate_of", (parsed.message_id, sender))
+        if is_missing(duplicate):
+            duplicate = session.scalar(
+                select(Message.id)
+                .join(User, User.id == Message.author_id)
+                .where(Message.email_message_id == parsed.message_id, User.email == sender)
+                .limit(1)
+            )
         if duplicate is not None:
             return _finish(mail, "duplicate", of_message=str(duplicate))
 

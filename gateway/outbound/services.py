@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from gateway.attachments.models import Attachment
 from gateway.attachments.policy import Policies
 from gateway.conversations.models import Message
-from gateway.db import flush, new_id, utcnow
+from gateway.db import flush, is_missing, lookup, new_id, utcnow
 from gateway.events import enqueue
 from gateway.inbound.addresses import SupportAddress, reply_address
 from gateway.outbound.compose import Outgoing, compose, make_message_id, subject_for
@@ -76,17 +76,27 @@ def _queue(session: Session, mail: OutboundMail) -> OutboundMail:
     return mail
 
 
-def automatic_mail_allowed(session: Session, ctx: MailContext, recipient: str) -> bool:
+def automatic_mail_counts(session: Session, recipients: list[str]) -> dict[str, int]:
+    """Automatic mails to each of ``recipients`` within the last hour (the rate limit's count)."""
     since = utcnow() - timedelta(hours=1)
-    sent = session.scalar(
-        select(func.count()).where(
-            OutboundMail.recipient == recipient,
+    counted = session.execute(
+        select(OutboundMail.recipient, func.count())
+        .where(
+            OutboundMail.recipient.in_(recipients),
             OutboundMail.automatic.is_(True),
             OutboundMail.state != "suppressed",
             OutboundMail.created_at > since,
         )
+        .group_by(OutboundMail.recipient)
     )
-    return (sent or 0) < ctx.automatic_per_hour
+    return {recipient: 0 for recipient in recipients} | {r: int(n) for r, n in counted}
+
+
+def automatic_mail_allowed(session: Session, ctx: MailContext, recipient: str) -> bool:
+    sent = lookup(session, "automatic_mail_count", recipient)
+    if is_missing(sent):
+        sent = automatic_mail_counts(session, [recipient])[recipient]
+    return int(sent) < ctx.automatic_per_hour
 
 
 def schedule_acknowledgment(

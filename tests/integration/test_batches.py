@@ -251,14 +251,14 @@ def test_a_batch_holding_a_mail_that_died_mid_send_runs_alone(settings, db, coun
     assert _mail_states(db)["b@example.org"][0] == "uncertain"
 
 
-def _plain(n: int) -> bytes:
+def _plain(n: int, subject: str = "Case", message_id: str | None = None) -> bytes:
     """Independent mail: a sender of its own, nothing to thread on."""
     msg = EmailMessage()
     msg["From"] = f"Customer {n} <c{n}@example.org>"
     msg["To"] = SUPPORT
     msg["Cc"] = f"colleague{n}@example.org"
-    msg["Subject"] = f"Case {n}"
-    msg["Message-ID"] = make_msgid(domain="example.org")
+    msg["Subject"] = f"{subject} {n}"
+    msg["Message-ID"] = message_id or make_msgid(domain="example.org")
     msg.set_content(f"Case {n}: the printer is on fire.\n")
     msg.add_alternative(f"<p>Case {n}: the <b>printer</b> is on fire.</p>", subtype="html")
     return msg.as_bytes()
@@ -350,6 +350,44 @@ def test_independent_mail_is_written_in_one_flush_and_writes_what_mail_by_mail_d
     assert _written(db) == one_by_one
     assert len(one_by_one) == 5 and all(row[3] == 1 for row in one_by_one)
     assert all(row[-1] == [(row[4], f"Re: {row[0]}", "pending")] for row in one_by_one)
+
+
+def test_a_batch_looks_up_together_what_mail_by_mail_looks_up_one_by_one(settings, db):
+    """A known customer, a second delivery, a sender over the automatic-mail limit."""
+    from tests.conftest import reset
+
+    delivered_twice = make_msgid(domain="example.org")
+
+    def run(batched: bool) -> tuple:
+        reset(db)
+        ctx = TaskContext.create(settings, db)
+        ctx.mail.automatic_per_hour = 1
+        table = handlers(ctx)
+        earlier = _store_and_order(db, [_plain(1, message_id=delivered_twice), _plain(2)])
+        assert run_tasks(db, table, earlier) == ["done"] * 2  # one acknowledgment each
+        later = [_plain(1, "Again", delivered_twice), _plain(2, "Again"), _plain(3, "Again")]
+        ids = _store_and_order(db, later)
+        if batched:
+            states = run_tasks(db, table, ids)
+        else:
+            states = [state for task_id in ids for state in run_tasks(db, table, [task_id])]
+        with db.transaction() as session:
+            outcomes = [
+                {k: v for k, v in mail.outcome.items() if k not in ("ticket", "of_message")}
+                for mail in session.scalars(
+                    select(InboundMail).order_by(InboundMail.received_at, InboundMail.id)
+                )
+            ]
+        return states, sorted(map(str, outcomes)), _written(db)
+
+    one_by_one = run(batched=False)
+    assert run(batched=True) == one_by_one
+    states, outcomes, written = one_by_one
+    assert states == ["done"] * 3
+    assert outcomes.count(str({"state": "duplicate"})) == 1
+    acks = {(row[0], row[4]): row[-1][0][2] for row in written}
+    assert acks[("Again 2", "c2@example.org")] == "suppressed"  # over the limit of 1 an hour
+    assert acks[("Again 3", "c3@example.org")] == "pending"
 
 
 def test_a_batch_written_in_one_flush_is_mirrored_to_slack(settings, db):
