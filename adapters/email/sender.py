@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -47,14 +48,22 @@ class Relay:
             raise outcome
 
     def send_many(
-        self, envelope_from: str, mails: list[tuple[str, bytes]], timeout: float = 30
+        self,
+        envelope_from: str,
+        mails: list[tuple[str, bytes]],
+        timeout: float = 30,
+        budget: float = 60,
     ) -> list[Exception | None]:
         """Send each (recipient, raw) in order over one connection; an outcome per mail.
 
         ``None``: sent. :class:`PermanentFailure`: refused for good (5xx).
         Any other exception is transient: a connection that fails takes the
         mails not yet sent with it (each gets that exception; none was sent).
+        No mail is started once ``budget`` seconds have passed (a slow relay
+        must not hold a batch past the task's time limit): the rest get a
+        transient ``TimeoutError`` and are sent by their retry.
         """
+        deadline = time.monotonic() + budget
         outcomes: list[Exception | None] = []
         try:
             client = self._connect(timeout)
@@ -62,6 +71,10 @@ class Relay:
             return [exc] * len(mails)
         try:
             for recipient, raw in mails:
+                if outcomes and time.monotonic() > deadline:
+                    late = TimeoutError(f"not sent: the batch took over {budget:g} s")
+                    outcomes += [late] * (len(mails) - len(outcomes))
+                    break
                 try:
                     client.sendmail(envelope_from, [recipient], raw)
                     outcomes.append(None)

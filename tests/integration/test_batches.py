@@ -465,3 +465,15 @@ def test_a_batch_written_in_one_flush_hands_each_new_task_over_once(settings, db
     assert states == ["done"] * 4
     assert sorted(kind for _, kind in handed) == ["email.send"] * 4
     assert len(set(handed)) == 4
+
+
+def test_a_slow_batch_stops_starting_mails_after_its_time_budget(counting_relay):
+    from adapters.email.sender import Relay
+
+    handler, port = counting_relay
+    relay = Relay.from_url(f"smtp://127.0.0.1:{port}")
+    mails = [(f"{n}@example.org", b"Subject: x\r\n\r\nx\r\n") for n in range(3)]
+    outcomes = relay.send_many(SUPPORT, mails, budget=0)
+    assert outcomes[0] is None  # one mail always goes
+    assert [type(o) for o in outcomes[1:]] == [TimeoutError, TimeoutError]
+    assert [to for _, to in handler.got] == ["0@example.org"]
