@@ -10,10 +10,10 @@ from __future__ import annotations
 import select
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import DateTime, MetaData, create_engine, event
@@ -65,6 +65,8 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+T = TypeVar("T")
+
 DEFERRED_FLUSH = "supportgate.deferred_flush"
 
 
@@ -111,16 +113,10 @@ def prefetched(session: Session, **answers: dict[Any, Any]) -> Iterator[None]:
         session.info.pop(PREFETCHED, None)
 
 
-_MISSING = object()
-
-
-def lookup(session: Session, name: str, key: Any) -> Any:
-    """The prefetched answer for ``key``, or ``_MISSING``: ask the database."""
-    return session.info.get(PREFETCHED, {}).get(name, {}).get(key, _MISSING)
-
-
-def is_missing(answer: Any) -> bool:
-    return answer is _MISSING
+def lookup(session: Session, name: str, key: Any, fetch: Callable[[], T]) -> T:
+    """The prefetched answer of lookup ``name`` for ``key``; else ``fetch()``."""
+    answers = session.info.get(PREFETCHED, {}).get(name, {})
+    return cast(T, answers[key]) if key in answers else fetch()
 
 
 def _flush_in_table_order(session: Session) -> None:

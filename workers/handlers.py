@@ -22,7 +22,6 @@ in the Celery tasks.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -35,9 +34,9 @@ from adapters.email.quotes import visible_text
 from adapters.email.sender import PermanentFailure, Relay
 from gateway.attachments.services import Files, collect_files, make_preview
 from gateway.config import Settings
-from gateway.db import Database, deferred_flush, prefetched, utcnow
+from gateway.db import Database, utcnow
 from gateway.inbound.addresses import SupportAddress
-from gateway.inbound.ingest import batch_lookups, independent, process_inbound
+from gateway.inbound.ingest import process_inbound, process_many
 from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
 from gateway.outbound.services import MailContext, prepare_reply
@@ -117,19 +116,11 @@ def ingest_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> No
             for mail in (found.get(i) for i in ids)
             if mail is not None and mail.state == "received"
         ]
-        # Mails that cannot see each other's rows are written in one flush: the
-        # ORM then inserts the rows of each table together.
-        together = independent(mails, ctx.mail.support)
-        with (
-            deferred_flush(session) if together else contextlib.nullcontext(),
-            prefetched(session, **batch_lookups(session, mails))
-            if together
-            else contextlib.nullcontext(),
+        for (mail, _), outcome in zip(
+            mails, process_many(session, ctx.mail, mails, visible_text), strict=True
         ):
-            for mail, parsed in mails:
-                outcome = process_inbound(session, ctx.mail, mail, parsed, visible_text)
-                outcomes.append((mail.id, outcome))
-                mail.attempts += 1
+            outcomes.append((mail.id, outcome))
+            mail.attempts += 1
     for inbound_id, outcome in outcomes:
         log.info("ingested", extra={"inbound_id": str(inbound_id), **outcome})
 
@@ -139,31 +130,47 @@ def reply(ctx: TaskContext, payload: dict[str, Any]) -> None:
         prepare_reply(session, ctx.mail, uuid.UUID(payload["message_id"]))
 
 
+def _begin_sending(mail: OutboundMail | None) -> str:
+    """Mark a mail a send task found, before the relay is spoken to; what to do next.
+
+    ``skip``: sent, stored, suppressed or failed already, or undeliverable
+    (marked suppressed). ``uncertain``: the last attempt died while speaking to
+    the relay, so the mail may have left; it is not repeated blindly but
+    dead-lettered, and an admin's retry (GET/POST /api/v1/admin/failed-tasks)
+    sends it. ``send``: marked ``sending``, which commits before the relay is
+    spoken to, so a crash mid-send is detected.
+    """
+    if mail is None or mail.state in ("sent", "stored", "suppressed", "failed"):
+        return "skip"
+    if mail.recipient.endswith(".invalid"):
+        mail.state, mail.last_error = "suppressed", "recipient address is not deliverable"
+        return "skip"
+    mail.attempts += 1
+    if mail.state == "sending":
+        mail.state = "uncertain"
+        mail.last_error = "delivery uncertain: the worker died while sending"
+        return "uncertain"
+    mail.state = "sending"
+    return "send"
+
+
+def _record(mail: OutboundMail, outcome: str, error: str | None) -> None:
+    mail.state, mail.last_error = outcome, error
+    mail.sent_at = utcnow() if outcome == "sent" else None
+
+
 def send(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
     outbound_id = uuid.UUID(payload["outbound_id"])
     with ctx.db.transaction() as session:
         mail = session.scalar(
             _lock(session, select(OutboundMail).where(OutboundMail.id == outbound_id))
         )
-        if mail is None or mail.state in ("sent", "stored", "suppressed", "failed"):
+        begun = _begin_sending(mail)
+        if begun == "skip":
             return
-        if mail.recipient.endswith(".invalid"):
-            mail.state, mail.last_error = "suppressed", "recipient address is not deliverable"
-            return
-        if mail.state == "sending":
-            # The last attempt died while speaking to the relay: the mail may
-            # have left. Not repeated blindly: it is dead-lettered as uncertain,
-            # and an admin's retry (GET/POST /api/v1/admin/failed-tasks) sends it.
-            mail.state = "uncertain"
-            mail.last_error = "delivery uncertain: the worker died while sending"
-            uncertain = True
-        else:
-            # Committed before the relay is spoken to, so a crash mid-send is detected.
-            mail.state = "sending"
-            uncertain = False
-        mail.attempts += 1
+        assert mail is not None
         recipient, raw = mail.recipient, mail.raw
-    if uncertain:
+    if begun == "uncertain":
         raise PermanentTaskError(
             f"delivery of outgoing mail {outbound_id} is uncertain (its worker died while "
             "sending); check the relay's log, then retry this task to send it again"
@@ -189,8 +196,7 @@ def send(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
     with job.settle() as session:  # the mail's outcome and the task's, in one commit
         row = session.get(OutboundMail, outbound_id)
         if row is not None:
-            row.state, row.last_error = outcome, error
-            row.sent_at = utcnow() if outcome == "sent" else None
+            _record(row, outcome, error)
 
 
 def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None:
@@ -206,14 +212,9 @@ def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None
             raise RunAlone("a mail of the batch may have left already")
         for outbound_id in jobs:
             mail = mails.get(outbound_id)
-            if mail is None or mail.state in ("sent", "stored", "suppressed", "failed"):
-                continue
-            if mail.recipient.endswith(".invalid"):
-                mail.state, mail.last_error = "suppressed", "recipient address is not deliverable"
-                continue
-            mail.state = "sending"  # committed before the relay is spoken to
-            mail.attempts += 1
-            to_send.append((outbound_id, mail.recipient, mail.raw))
+            if _begin_sending(mail) == "send":
+                assert mail is not None
+                to_send.append((outbound_id, mail.recipient, mail.raw))
     if ctx.relay is None:
         outcomes: list[Exception | None] = [None] * len(to_send)
     else:
@@ -234,11 +235,9 @@ def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None
                 row.state = "pending"  # not sent: the next attempt sends it
                 jobs[outbound_id].fail_in(session, f"{type(error).__name__}: {error}")
             elif ctx.relay is None:
-                row.state, row.last_error, row.sent_at = "stored", None, None
-            elif error is None:
-                row.state, row.last_error, row.sent_at = "sent", None, utcnow()
+                _record(row, "stored", None)
             else:
-                row.state, row.last_error, row.sent_at = "failed", str(error), None
+                _record(row, "sent" if error is None else "failed", error and str(error))
     for outbound_id in retry:
         jobs[outbound_id].settled = True
     if ctx.relay is None and to_send:

@@ -220,7 +220,7 @@ class Job:
                 session.execute(
                     update(OutboxTask)
                     .where(OutboxTask.id.in_([job.task_id for job in jobs]))
-                    .values(state="done", last_error=None, updated_at=utcnow())
+                    .values(**_settle_values(None, 0, MAX_ATTEMPTS, None))
                     .execution_options(synchronize_session=False)
                 )
         for job in jobs:

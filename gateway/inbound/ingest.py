@@ -30,7 +30,7 @@ from gateway.attachments.policy import Policies
 from gateway.attachments.services import store_mail_file
 from gateway.conversations.models import Message
 from gateway.conversations.services import record_message
-from gateway.db import is_missing, lookup, utcnow
+from gateway.db import deferred_flush, lookup, prefetched, utcnow
 from gateway.inbound.addresses import SupportAddress
 from gateway.inbound.message import InboundMessage
 from gateway.inbound.models import InboundMail, TicketParticipant
@@ -179,25 +179,21 @@ def independent(mails: list[tuple[InboundMail, InboundMessage]], support: Suppor
         verdict = judge(parsed, mail.envelope_from, support.address)
         if verdict.bounce or verdict.auto_reply:
             return False
-        sender = _sender(mail, parsed).lower()
+        sender = normalise_email(_sender(mail, parsed))
         if sender in senders:
             return False
         senders.add(sender)
     return True
 
 
-def batch_lookups(
+def _batch_lookups(
     session: Session, mails: list[tuple[InboundMail, InboundMessage]]
 ) -> dict[str, dict[Any, Any]]:
     """What :func:`process_inbound` looks up for each of ``mails``, in three queries
     (for gateway.db.prefetched, with mails that are :func:`independent`)."""
-    senders = {_sender(mail, parsed) for mail, parsed in mails if not parsed.quarantined}
-    emails = sorted({normalise_email(sender) for sender in senders})
-    pairs = {
-        (parsed.message_id, _sender(mail, parsed))
-        for mail, parsed in mails
-        if parsed.message_id and not parsed.quarantined
-    }
+    senders = [(parsed, _sender(mail, parsed)) for mail, parsed in mails if not parsed.quarantined]
+    emails = sorted({normalise_email(sender) for _, sender in senders})
+    pairs = {(parsed.message_id, sender) for parsed, sender in senders if parsed.message_id}
     duplicates: dict[tuple[str, str], Any] = dict.fromkeys(pairs)
     if pairs:
         for message_id, email, found in session.execute(
@@ -215,6 +211,24 @@ def batch_lookups(
         "duplicate_of": duplicates,
         "automatic_mail_count": automatic_mail_counts(session, emails),
     }
+
+
+def process_many(
+    session: Session,
+    ctx: MailContext,
+    mails: list[tuple[InboundMail, InboundMessage]],
+    visible_text: Any = None,
+) -> list[dict[str, Any]]:
+    """:func:`process_inbound` for several stored messages, in order, in ``session``.
+
+    Mails that are :func:`independent` are written in one flush, with what
+    they look up fetched in three queries: the ORM then inserts the rows of
+    each table together. Otherwise each sees what the one before it wrote.
+    """
+    if not independent(mails, ctx.support):
+        return [process_inbound(session, ctx, m, parsed, visible_text) for m, parsed in mails]
+    with deferred_flush(session), prefetched(session, **_batch_lookups(session, mails)):
+        return [process_inbound(session, ctx, m, parsed, visible_text) for m, parsed in mails]
 
 
 def process_inbound(
@@ -257,14 +271,17 @@ def process_inbound(
         return _finish(mail, "quarantined", reason="no sender address")
 
     if parsed.message_id:
-        duplicate = lookup(session, "duplicate_of", (parsed.message_id, sender))
-        if is_missing(duplicate):
-            duplicate = session.scalar(
+        duplicate = lookup(
+            session,
+            "duplicate_of",
+            (parsed.message_id, sender),
+            lambda: session.scalar(
                 select(Message.id)
                 .join(User, User.id == Message.author_id)
                 .where(Message.email_message_id == parsed.message_id, User.email == sender)
                 .limit(1)
-            )
+            ),
+        )
         if duplicate is not None:
             return _finish(mail, "duplicate", of_message=str(duplicate))
 

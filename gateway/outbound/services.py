@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from gateway.attachments.models import Attachment
 from gateway.attachments.policy import Policies
 from gateway.conversations.models import Message
-from gateway.db import flush, is_missing, lookup, new_id, utcnow
+from gateway.db import flush, lookup, new_id, utcnow
 from gateway.events import enqueue
 from gateway.inbound.addresses import SupportAddress, reply_address
 from gateway.outbound.compose import Outgoing, compose, make_message_id, subject_for
@@ -93,10 +93,13 @@ def automatic_mail_counts(session: Session, recipients: list[str]) -> dict[str, 
 
 
 def automatic_mail_allowed(session: Session, ctx: MailContext, recipient: str) -> bool:
-    sent = lookup(session, "automatic_mail_count", recipient)
-    if is_missing(sent):
-        sent = automatic_mail_counts(session, [recipient])[recipient]
-    return int(sent) < ctx.automatic_per_hour
+    sent = lookup(
+        session,
+        "automatic_mail_count",
+        recipient,
+        lambda: automatic_mail_counts(session, [recipient])[recipient],
+    )
+    return sent < ctx.automatic_per_hour
 
 
 def schedule_acknowledgment(

@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.db import DriverQuery, flush, is_missing, lookup, new_id, utcnow
+from gateway.db import DriverQuery, flush, lookup, new_id, utcnow
 from gateway.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from gateway.pagination import decode_cursor, encode_cursor
 from gateway.permissions import Principal, require_admin
@@ -72,10 +72,12 @@ def get_user(session: Session, user_id: uuid.UUID | str) -> User:
 
 def find_user_by_email(session: Session, email: str) -> User | None:
     email = normalise_email(email)
-    known = lookup(session, "user_by_email", email)
-    if not is_missing(known):
-        return cast(User | None, known)
-    return session.scalar(select(User).where(User.email == email))
+    return lookup(
+        session,
+        "user_by_email",
+        email,
+        lambda: session.scalar(select(User).where(User.email == email)),
+    )
 
 
 def create_user(session: Session, data: UserCreate) -> User:
