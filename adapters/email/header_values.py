@@ -2,9 +2,10 @@
 
 Values arrive raw (folded, RFC 2047 still encoded, 8-bit bytes surrogate-
 escaped) as the ``email`` package stores them. Short values are decoded by
-``email.policy.default``'s header registry, the most faithful decoder the
-stdlib has, but also slow and quadratic on some inputs (about 1 s for a
-100 KiB ``To:``, 0.7 s for 8 KiB of quotes), so a value longer than
+``email.policy.default``'s header registry (its classes built once:
+``gateway.mail_policy``), the most faithful decoder the stdlib has, but
+also slow and quadratic on some inputs (about 1 s for a 100 KiB ``To:``,
+0.7 s for 8 KiB of quotes), so a value longer than
 ``POLICY_PARSE_LIMIT`` takes the cheaper compat32 path
 (``email.header.decode_header``, ``email.utils.getaddresses``) instead.
 Every function here may raise on hostile input; the parser calls them under a
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 
 from adapters.email.charsets import clean_text
 from gateway.inbound.message import Address
+from gateway.mail_policy import DEFAULT as DEFAULT_POLICY
 
 POLICY_PARSE_LIMIT = 2 * 1024
 
@@ -51,7 +52,7 @@ def decode_text(name: str, value: str) -> str:
     flat = unfold(value)
     if len(flat) <= POLICY_PARSE_LIMIT:
         try:
-            return clean_text(str(policy.default.header_fetch_parse(name, flat))).strip()
+            return clean_text(str(DEFAULT_POLICY.header_fetch_parse(name, flat))).strip()
         except Exception:  # noqa: S110 -- the compat32 path below is the fallback
             pass
     try:
@@ -66,7 +67,7 @@ def decode_addresses(name: str, value: str) -> list[Address]:
     pairs: list[tuple[str, str]] | None = None
     if len(flat) <= POLICY_PARSE_LIMIT:
         try:
-            header = policy.default.header_fetch_parse(name, flat)
+            header = DEFAULT_POLICY.header_fetch_parse(name, flat)
             pairs = [(a.display_name, a.addr_spec) for a in header.addresses]
         except Exception:
             pairs = None

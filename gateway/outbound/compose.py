@@ -12,10 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime
 
 from gateway.db import utcnow
+from gateway.mail_policy import SMTP
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 MAX_REFERENCES = 20
