@@ -45,7 +45,7 @@ from gateway.outbound.services import (
 from gateway.permissions import Principal
 from gateway.tickets.models import Ticket
 from gateway.tickets.schemas import TicketCreate
-from gateway.tickets.services import create_ticket
+from gateway.tickets.services import create_ticket, reserve_numbers
 from gateway.users.models import User
 from gateway.users.services import get_or_create_customer, normalise_email
 
@@ -189,8 +189,9 @@ def independent(mails: list[tuple[InboundMail, InboundMessage]], support: Suppor
 def _batch_lookups(
     session: Session, mails: list[tuple[InboundMail, InboundMessage]]
 ) -> dict[str, dict[Any, Any]]:
-    """What :func:`process_inbound` looks up for each of ``mails``, in three queries
-    (for gateway.db.prefetched, with mails that are :func:`independent`)."""
+    """What :func:`process_inbound` looks up for each of ``mails``, in four queries
+    (for gateway.db.prefetched, with mails that are :func:`independent`): senders,
+    second deliveries, rate-limit counts, and the numbers of the tickets they open."""
     senders = [(parsed, _sender(mail, parsed)) for mail, parsed in mails if not parsed.quarantined]
     emails = sorted({normalise_email(sender) for _, sender in senders})
     pairs = {(parsed.message_id, sender) for parsed, sender in senders if parsed.message_id}
@@ -206,10 +207,20 @@ def _batch_lookups(
     users = dict.fromkeys(emails) | {
         user.email: user for user in session.scalars(select(User).where(User.email.in_(emails)))
     }
+    # Each mail of an independent batch opens a ticket unless it is a second
+    # delivery or its sender is deactivated (it cannot thread, bounce or be an auto-reply).
+    new_tickets = sum(
+        1
+        for parsed, sender in senders
+        if "@" in sender
+        and duplicates.get((parsed.message_id, sender)) is None
+        and getattr(users.get(normalise_email(sender)), "active", True)
+    )
     return {
         "user_by_email": users,
         "duplicate_of": duplicates,
         "automatic_mail_count": automatic_mail_counts(session, emails),
+        "ticket_numbers": {"reserved": reserve_numbers(session, new_tickets)},
     }
 
 
@@ -222,7 +233,7 @@ def process_many(
     """:func:`process_inbound` for several stored messages, in order, in ``session``.
 
     Mails that are :func:`independent` are written in one flush, with what
-    they look up fetched in three queries: the ORM then inserts the rows of
+    they look up fetched in four queries: the ORM then inserts the rows of
     each table together. Otherwise each sees what the one before it wrote.
     """
     if not independent(mails, ctx.support):

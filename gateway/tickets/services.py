@@ -7,9 +7,10 @@ and an outbox event in the same transaction. Services never commit.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import JSON, ColumnElement, Row, Select, String, bindparam, func, select, text
@@ -17,7 +18,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from gateway.db import DriverQuery, as_utc, flush, new_id, utcnow
+from gateway.db import DriverQuery, as_utc, flush, lookup, new_id, utcnow
 from gateway.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from gateway.events import enqueue, record_event
 from gateway.metadata.models import TicketMetadata
@@ -265,10 +266,40 @@ def read_ticket(session: Session, principal: Principal, ref: str | uuid.UUID) ->
 
 
 def _next_number(session: Session) -> int:
+    reserved = lookup(session, "ticket_numbers", "reserved", lambda: None)
+    if reserved is not None:
+        number = next(reserved, None)
+        if number is not None:
+            return int(number)
     if session.get_bind().dialect.name == "postgresql":
         return int(session.execute(text("SELECT nextval('ticket_number_seq')")).scalar_one())
+    return _highest_number(session) + 1
+
+
+def _highest_number(session: Session) -> int:
     # SQLite: every transaction is BEGIN IMMEDIATE, so writers are serialised.
-    return int(session.scalar(select(func.coalesce(func.max(Ticket.number), 0))) or 0) + 1
+    return int(session.scalar(select(func.coalesce(func.max(Ticket.number), 0))) or 0)
+
+
+def reserve_numbers(session: Session, count: int) -> Iterator[int]:
+    """Ticket numbers for a block that creates about ``count`` tickets before it flushes.
+
+    For :func:`gateway.db.prefetched` as lookup ``ticket_numbers``: the
+    tickets then take their numbers in order from here. On PostgreSQL,
+    ``count`` numbers in one query; past them, one ``nextval`` a ticket as
+    usual, and a number not used is a gap, as after a rollback. On SQLite,
+    counting on from the highest number, as many as needed: the block's
+    tickets are not flushed yet, so ``max(number)`` would not see them.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return itertools.count(_highest_number(session) + 1)
+    if count <= 0:
+        return iter(())
+    numbers = session.scalars(
+        text("SELECT nextval('ticket_number_seq') FROM generate_series(1, :count)"),
+        {"count": count},
+    )
+    return iter(sorted(int(n) for n in numbers))
 
 
 def _check_assignee(session: Session, assignee_id: uuid.UUID | None) -> User | None:

@@ -390,6 +390,70 @@ def test_a_batch_looks_up_together_what_mail_by_mail_looks_up_one_by_one(setting
     assert acks[("Again 3", "c3@example.org")] == "pending"
 
 
+def _numbers(db) -> dict[str, int]:
+    with db.transaction() as session:
+        return {title: n for title, n in session.execute(select(Ticket.title, Ticket.number))}
+
+
+def test_a_batch_takes_its_ticket_numbers_in_one_query_in_mail_order(settings, db):
+    table = handlers(TaskContext.create(settings, db))
+    assert run_tasks(db, table, _store_and_order(db, [_plain(0)])) == ["done"]
+    again = make_msgid(domain="example.org")
+    first = _store_and_order(db, [_plain(1, message_id=again)])
+    assert run_tasks(db, table, first) == ["done"]
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if "ticket_number_seq" in statement:
+            statements.append(statement)
+
+    # A second delivery (no ticket) between new mail: no number reserved for it.
+    later = [_plain(2), _plain(1, "Case", again), _plain(3), _plain(4)]
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        assert run_tasks(db, table, _store_and_order(db, later)) == ["done"] * 4
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert len(statements) == 1, statements
+    numbers = _numbers(db)
+    start = numbers["Case 0"]
+    assert [numbers[f"Case {n}"] for n in range(5)] == list(range(start, start + 5))  # no gap
+    # Past the batch, numbers go on from the sequence.
+    assert run_tasks(db, table, _store_and_order(db, [_plain(5)])) == ["done"]
+    assert _numbers(db)["Case 5"] == start + 5
+
+
+def test_a_batch_on_sqlite_is_written_in_one_flush_and_numbered_on_from_the_highest(tmp_path):
+    from gateway.config import Settings
+    from gateway.db import Database
+    from gateway.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'sg.db'}"
+    upgrade(url)
+    lite = Database(url)
+    try:
+        settings = Settings(data_dir=tmp_path / "data", database_url=url, _env_file=None)
+        table = handlers(TaskContext.create(settings, lite))
+        assert run_tasks(lite, table, _store_and_order(lite, [_plain(0)])) == ["done"]
+        inserts: list[str] = []
+
+        def count(conn, cursor, statement, *args):
+            if statement.lstrip().startswith("INSERT INTO tickets"):
+                inserts.append(statement)
+
+        ordered = _store_and_order(lite, [_plain(n) for n in range(1, 5)])
+        event.listen(lite.engine, "before_cursor_execute", count)
+        try:
+            assert run_tasks(lite, table, ordered) == ["done"] * 4
+        finally:
+            event.remove(lite.engine, "before_cursor_execute", count)
+        assert len(inserts) == 1, inserts  # one flush, not a failed batch run again mail by mail
+        numbers = _numbers(lite)
+        assert [numbers[f"Case {n}"] for n in range(5)] == [1, 2, 3, 4, 5]
+    finally:
+        lite.dispose()
+
+
 def test_a_batch_written_in_one_flush_is_mirrored_to_slack(settings, db):
     from gateway.slack.mirror import install_mirror
     from gateway.slack.models import SlackPost, SlackThread
