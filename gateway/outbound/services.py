@@ -110,7 +110,8 @@ def schedule_acknowledgment(
     allowed = automatic_mail_allowed(session, ctx, customer.email)
     text = (
         f"Hello{(' ' + customer.name) if customer.name else ''},\n\n"
-        f"we received your request and opened ticket #{ticket.number}: {ticket.title}\n"
+        f"we received your request and opened ticket #{ticket.number}:\n\n"
+        f"    {ticket.title}\n\n"
         "Reply to this message to add to it.\n\n"
         f"-- \n{ctx.display_name}\n"
     )
