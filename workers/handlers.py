@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from adapters.email.parsing import parse_message
 from adapters.email.quotes import visible_text
@@ -227,17 +227,28 @@ def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None
         if error is not None and not isinstance(error, PermanentFailure)
     }
     with Job.settle_all(ctx.db, [j for i, j in jobs.items() if i not in retry]) as session:
+        # The usual outcome, every mail sent (or stored), is one UPDATE for the batch.
+        done = [i for (i, _, _), error in zip(to_send, outcomes, strict=True) if error is None]
+        if done:
+            session.execute(
+                update(OutboundMail)
+                .where(OutboundMail.id.in_(done))
+                .values(
+                    state="sent" if ctx.relay else "stored",
+                    last_error=None,
+                    sent_at=utcnow() if ctx.relay else None,
+                )
+                .execution_options(synchronize_session=False)
+            )
         for (outbound_id, _, _), error in zip(to_send, outcomes, strict=True):
-            row = session.get(OutboundMail, outbound_id)
+            row = session.get(OutboundMail, outbound_id) if error is not None else None
             if row is None:
                 continue
             if outbound_id in retry:
                 row.state = "pending"  # not sent: the next attempt sends it
                 jobs[outbound_id].fail_in(session, f"{type(error).__name__}: {error}")
-            elif ctx.relay is None:
-                _record(row, "stored", None)
             else:
-                _record(row, "sent" if error is None else "failed", error and str(error))
+                _record(row, "failed", str(error))
     for outbound_id in retry:
         jobs[outbound_id].settled = True
     if ctx.relay is None and to_send:

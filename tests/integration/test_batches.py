@@ -214,6 +214,13 @@ def test_mails_of_one_batch_leave_over_one_connection_with_an_outcome_each(
         "b@example.org": ("sent", 1),
         "x@example.invalid": ("suppressed", 0),
     }
+    with db.transaction() as session:
+        marks = {
+            m.recipient: (m.sent_at is not None, m.last_error)
+            for m in session.scalars(select(OutboundMail))
+        }
+    assert marks["a@example.org"] == marks["b@example.org"] == (True, None)
+    assert marks["gone@example.org"][0] is False and "550" in marks["gone@example.org"][1]
 
 
 def test_a_connection_lost_mid_batch_retries_the_mails_it_did_not_send(
