@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adapters.email import parsing
@@ -650,3 +650,54 @@ def test_random_bytes_never_raise(raw: bytes) -> None:
 @given(mutated_messages())
 def test_mutated_real_messages_never_raise(raw: bytes) -> None:
     _check_invariants(parse_message(raw))
+
+
+# -- simple address lists: read without the policy's parser, read the same ----------
+
+_ATOMS = st.from_regex(r"\A[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,10}\Z")
+_SPEC = st.builds(lambda a, b: f"{a}@{b}", _ATOMS, _ATOMS)
+_MAILBOX = st.one_of(
+    _SPEC,
+    st.builds(lambda n, a: f"{n} <{a}>", st.from_regex(r"\A[ -~]{0,20}\Z"), _SPEC),
+    st.builds(lambda n, a: f'"{n}" <{a}>', st.from_regex(r"\A[ -~]{0,20}\Z"), _SPEC),
+    st.builds(lambda n, a: f"{n}<{a}>", st.from_regex(r"\A[A-Za-z0-9 .]{0,12}\Z"), _SPEC),
+    st.from_regex(r"\A[ -~]{0,30}\Z"),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_MAILBOX, min_size=1, max_size=3), st.sampled_from([",", ", ", " , "]))
+def test_simple_address_lists_read_as_the_policy_reads_them(mailboxes, sep):
+    from email import policy
+
+    from adapters.email.header_values import simple_mailboxes
+
+    value = sep.join(mailboxes)
+    fast = simple_mailboxes(value)
+    event("simple" if fast is not None else "through the policy")
+    if fast is None:
+        return
+    header = policy.default.header_fetch_parse("to", value)
+    assert not header.defects, (value, header.defects)
+    assert fast == [(a.display_name, a.addr_spec) for a in header.addresses]
+
+
+def test_the_usual_senders_are_simple():
+    from adapters.email.header_values import simple_mailboxes
+
+    assert simple_mailboxes('"Customer w 12" <customer.w.12@example.org>') == [
+        ("Customer w 12", "customer.w.12@example.org")
+    ]
+    assert simple_mailboxes("Ana Lima <ana@example.org>, bo@example.org") == [
+        ("Ana Lima", "ana@example.org"),
+        ("", "bo@example.org"),
+    ]
+    for odd in (
+        "=?utf-8?q?Zo=C3=AB?= <zoe@example.org>",
+        '"Lima, Ana" <ana@example.org>',
+        "ana@example.org (Ana)",
+        "Friends: a@example.org, b@example.org;",
+        "Zoë <zoe@example.org>",
+        '"Ana \\"the boss\\"" <ana@example.org>',
+    ):
+        assert simple_mailboxes(odd) is None, odd
