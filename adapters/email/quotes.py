@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from typing import Any
 
 from mailparser_reply import EmailMessage
 
@@ -33,6 +35,7 @@ LONG_LINE = 250
 
 _LONG_LINE_MASK = "\u2026"
 # mail-parser-reply deletes "\n\n" + 32 underscores/dashes, which shifts line numbers.
+_NEWLINE = re.compile("\n")
 _SEPARATOR_RUN = re.compile(r" ?[_-]{32,}")
 _SENT_FROM = re.compile(
     r"(sent from|get outlook|gesendet von|envoy\u00e9 depuis|enviado desde|verzonden vanaf)\b",
@@ -54,10 +57,62 @@ def visible_text(text: str) -> str:
     return visible or original.strip()
 
 
+class _LineStartFinder:
+    """``findall`` of a multi-line pattern whose matches all begin at a line start or at a
+    newline (each quote header of mail-parser-reply does: ``^...`` or ``(?:^|\\n...``):
+    the pattern is tried only there, not at every character of the text."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+
+    def findall(self, text: str) -> list[Any]:
+        found: list[Any] = []
+        pos = 0
+        for start in _line_starts_and_newlines(text):
+            if start < pos:
+                continue
+            match = self.pattern.match(text, start)
+            if match is None:
+                continue
+            if match.end() == start:  # an empty match: findall's own rules apply
+                return self.pattern.findall(text)
+            groups = match.groups(default="")
+            found.append(groups if len(groups) > 1 else groups[0] if groups else match.group(0))
+            pos = match.end()
+        return found
+
+
+def _line_starts_and_newlines(text: str) -> Iterator[int]:
+    """0, then each newline's position and the position after it, in order, once each."""
+    last = 0
+    yield 0
+    for newline in _NEWLINE.finditer(text):
+        at = newline.start()
+        if at != last:
+            yield at
+        yield at + 1
+        last = at + 1
+
+
+_FINDERS: dict[re.Pattern[str], _LineStartFinder] = {}
+
+
+class _ReplyParser(EmailMessage):
+    """mail-parser-reply's message, its quote-header search tried at line starts only."""
+
+    @property
+    def HEADER_REGEX(self) -> Any:  # the library's name
+        pattern = EmailMessage.HEADER_REGEX.fget(self)  # type: ignore[attr-defined]
+        finder = _FINDERS.get(pattern)
+        if finder is None:
+            finder = _FINDERS[pattern] = _LineStartFinder(pattern)
+        return finder
+
+
 def _visible(original: str) -> str:
     lines = original.split("\n")
     masked = [_mask(line) for line in _window(lines)]
-    parsed = EmailMessage(text="\n".join(masked), languages=list(LANGUAGES), keep_hyphen_lists=True)
+    parsed = _ReplyParser(text="\n".join(masked), languages=list(LANGUAGES), keep_hyphen_lists=True)
     replies = parsed.read().replies
     if not replies or replies[0].headers:
         return ""  # the text starts with a quote header

@@ -171,3 +171,86 @@ def test_long_lines_starting_with_on_stay_fast() -> None:
 @given(st.text(max_size=500))
 def test_never_raises(text: str) -> None:
     assert isinstance(visible_text(text), str)
+
+
+# -- the quote-header search at line starts finds what the library's findall finds ------
+
+_HEADER_LINES = [
+    "On Tue, 3 Nov 2026 at 10:00, Alice Example <alice@example.com> wrote:",
+    "> On Mon, Nov 2, 2026 at 9:00 AM Bob <bob@example.org> wrote:",
+    "On Tue, 3 Nov 2026 at 10:00, Alice Example from the Support Team <",
+    "alice@example.com> wrote:",
+    "Am 03.11.2026 um 10:00 schrieb Hans Muster <hans@example.de>:",
+    "Le mar. 3 nov. 2026 à 10:00, Alice <alice@example.fr> a écrit :",
+    "El mar, 3 nov 2026 a las 10:00, Alice (<alice@example.es>) escribió:",
+    "Op di 3 nov. 2026 om 10:00 schreef Alice <alice@example.nl>:",
+    "From: Alice Example <alice@example.com>",
+    "*From:* Alice",
+    "Sent: Tuesday, November 3, 2026 10:00 AM",
+    "To: Support",
+    "Subject: RE: Printer",
+    "Von: Hans",
+    "Gesendet: Dienstag",
+    "-----Original Message-----",
+    "________________________________",
+    "> > quoted twice",
+    "Thanks,",
+    "-- ",
+    "",
+]
+_words = st.from_regex(r"\A[A-Za-z0-9 ,.:<>@*>-]{0,40}\Z")
+_lines = st.lists(st.one_of(st.sampled_from(_HEADER_LINES), _words), max_size=25)
+
+
+def _library_pattern():
+    from mailparser_reply import EmailMessage
+
+    from adapters.email.quotes import LANGUAGES
+
+    message = EmailMessage(text="", languages=list(LANGUAGES))
+    return message.HEADER_REGEX
+
+
+@settings(max_examples=400, deadline=None)
+@given(_lines, st.sampled_from(["\n", "\n\n"]))
+def test_quote_headers_found_at_line_starts_are_those_findall_finds(lines, sep):
+    from adapters.email.quotes import _LineStartFinder
+
+    pattern = _library_pattern()
+    text = sep.join(lines)
+    assert _LineStartFinder(pattern).findall(text) == pattern.findall(text)
+
+
+def test_quote_headers_on_real_mail_are_those_findall_finds():
+    from pathlib import Path
+
+    from adapters.email.parsing import parse_message
+    from adapters.email.quotes import _LineStartFinder
+
+    pattern = _library_pattern()
+    texts = [GMAIL, GMAIL_WRAPPED_ATTRIBUTION] + [
+        parse_message(path.read_bytes()).text or ""
+        for path in sorted(Path(__file__).parents[1].joinpath("data", "emails").glob("*.eml"))
+    ]
+    found = 0
+    for text in texts:
+        expected = pattern.findall(text)
+        found += len(expected)
+        assert _LineStartFinder(pattern).findall(text) == expected
+    assert found  # some of them do quote
+
+
+def test_every_quote_header_of_our_languages_begins_at_a_line_start_or_a_newline():
+    """What _LineStartFinder relies on; a new release of mail-parser-reply is checked here."""
+    from mailparser_reply.constants import GENERIC_MAIL_SEPARATOR, MAIL_LANGUAGES
+
+    from adapters.email.quotes import LANGUAGES
+
+    beginnings = [GENERIC_MAIL_SEPARATOR] + [
+        MAIL_LANGUAGES[language][key]
+        for language in LANGUAGES
+        for key in ("wrote_header", "from_header")
+        if key in MAIL_LANGUAGES[language]
+    ]
+    for pattern in beginnings:
+        assert pattern.startswith(("^", "((?:(?:^|\\n|\\n")), pattern
