@@ -82,6 +82,14 @@ def test_oversized_mail_is_552_5_3_4(mail_server):
     assert text.startswith(b"5.3.4")
 
 
+def test_a_malformed_sender_address_is_refused_as_such_not_deferred(mail_server):
+    with smtplib.SMTP("127.0.0.1", mail_server.port) as client:
+        client.ehlo()
+        code, _ = client.docmd("MAIL FROM:a@")
+        assert code == 553  # aiosmtpd alone raises here, which would be a 451 (try again)
+        assert client.mail("alice@example.org")[0] == 250
+
+
 def test_new_ticket_then_threaded_reply_and_agent_answer(mail_server, db, relay, make_caller):
     first = make_mail()
     reply_to_us = mail_server.send(first)
