@@ -34,7 +34,7 @@ from email.policy import Compat32
 from typing import Any
 from urllib.parse import unquote
 
-from adapters.email import mime_parts
+from adapters.email import boundaries, mime_parts
 from adapters.email.charsets import clean_text, decode_body, sniff_html_charset, unflow
 from adapters.email.dsn import delivery_report, is_delivery_report
 from adapters.email.header_values import (
@@ -49,6 +49,7 @@ from adapters.email.rawparts import body_of, raw_bodies
 from gateway.conversations.rendering import html_to_text, sanitise_html
 from gateway.inbound.message import Address, InboundAttachment, InboundMessage
 
+boundaries.install()
 logger = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 100 * 1024

@@ -701,3 +701,80 @@ def test_the_usual_senders_are_simple():
         '"Ana \\"the boss\\"" <ana@example.org>',
     ):
         assert simple_mailboxes(odd) is None, odd
+
+
+# -- multipart boundaries matched without compiling a regex each ----------------------
+
+
+def _corpus() -> list[Path]:
+    import test as stdlib_tests
+
+    data = Path(stdlib_tests.__file__).parent / "test_email" / "data"
+    ours = Path(__file__).parents[1] / "data" / "emails"
+    return sorted(data.glob("msg_*.txt")) + sorted(ours.glob("*.eml"))
+
+
+def _parsed(raw: bytes) -> tuple:
+    from email.parser import BytesParser
+    from email.policy import compat32
+
+    tree = BytesParser(policy=compat32).parsebytes(raw)
+    return (
+        tree.as_bytes(),
+        [(p.get_content_type(), p.preamble, p.epilogue) for p in tree.walk()],
+        [[type(d).__name__ for d in p.defects] for p in tree.walk()],
+    )
+
+
+def test_the_mime_parser_reads_every_corpus_message_as_with_compiled_boundaries():
+    from adapters.email import boundaries
+
+    files = _corpus()
+    assert len(files) > 40
+    ours = [_parsed(path.read_bytes()) for path in files]
+    boundaries.uninstall()
+    try:
+        theirs = [_parsed(path.read_bytes()) for path in files]
+    finally:
+        boundaries.install()
+    multipart = 0
+    for path, a, b in zip(files, ours, theirs, strict=True):
+        assert a == b, path.name
+        multipart += any(t.startswith("multipart/") for t, _, _ in a[1])
+    assert multipart > 20
+
+
+@pytest.mark.parametrize(
+    "boundary",
+    ["simple", "===============123==", "a.b+c?(d)*[e]{f}|g^h$i\\j", "with space", "--dashes--"],
+)
+def test_a_boundary_matcher_matches_what_the_compiled_pattern_matches(boundary):
+    import re
+
+    from adapters.email.boundaries import boundary_matcher
+
+    separator = "--" + boundary
+    pattern = (
+        "(?P<sep>" + re.escape(separator) + r")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$"
+    )
+    matcher, compiled = boundary_matcher(pattern), re.compile(pattern)
+    assert matcher is not None and matcher.separator == separator
+    for line in (
+        separator,
+        separator + "\r\n",
+        separator + "--\n",
+        separator + "-- \t\r",
+        separator + "x\n",
+        " " + separator + "\n",
+        separator[:-1] + "\n",
+        separator + "\n\n",
+        "",
+    ):
+        ours, theirs = matcher.match(line), compiled.match(line)
+        assert (ours is None) == (theirs is None), line
+        if ours is not None:
+            assert [ours.group(g) for g in ("end", "ws", "linesep")] == [
+                theirs.group(g) for g in ("end", "ws", "linesep")
+            ]
+    assert boundary_matcher(r"(?P<other>x)") is None
+    assert boundary_matcher("(?P<sep>x)", re.IGNORECASE) is None
