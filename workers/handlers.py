@@ -234,9 +234,9 @@ def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None
                 update(OutboundMail)
                 .where(OutboundMail.id.in_(done))
                 .values(
-                    state="sent" if ctx.relay else "stored",
+                    state="sent" if ctx.relay is not None else "stored",
                     last_error=None,
-                    sent_at=utcnow() if ctx.relay else None,
+                    sent_at=utcnow() if ctx.relay is not None else None,
                 )
                 .execution_options(synchronize_session=False)
             )

@@ -34,8 +34,8 @@ WINDOW = 64 * 1024
 LONG_LINE = 250
 
 _LONG_LINE_MASK = "\u2026"
-# mail-parser-reply deletes "\n\n" + 32 underscores/dashes, which shifts line numbers.
 _NEWLINE = re.compile("\n")
+# mail-parser-reply deletes "\n\n" + 32 underscores/dashes, which shifts line numbers.
 _SEPARATOR_RUN = re.compile(r" ?[_-]{32,}")
 _SENT_FROM = re.compile(
     r"(sent from|get outlook|gesendet von|envoy\u00e9 depuis|enviado desde|verzonden vanaf)\b",
