@@ -27,19 +27,26 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from adapters.email.parsing import parse_message
 from adapters.email.quotes import visible_text
 from adapters.email.sender import PermanentFailure, Relay
 from gateway.attachments.services import Files, collect_files, make_preview
 from gateway.config import Settings
-from gateway.db import Database, utcnow
+from gateway.db import Database
 from gateway.inbound.addresses import SupportAddress
 from gateway.inbound.ingest import process_inbound, process_many
 from gateway.inbound.models import InboundMail
 from gateway.outbound.models import OutboundMail
-from gateway.outbound.services import MailContext, prepare_reply
+from gateway.outbound.services import (
+    MailContext,
+    begin_sending,
+    not_sent,
+    prepare_reply,
+    record_delivered,
+    record_outcome,
+)
 from gateway.slack.mirror import install_mirror
 from workers.outbox import (
     Batching,
@@ -130,42 +137,13 @@ def reply(ctx: TaskContext, payload: dict[str, Any]) -> None:
         prepare_reply(session, ctx.mail, uuid.UUID(payload["message_id"]))
 
 
-def _begin_sending(mail: OutboundMail | None) -> str:
-    """Mark a mail a send task found, before the relay is spoken to; what to do next.
-
-    ``skip``: sent, stored, suppressed or failed already, or undeliverable
-    (marked suppressed). ``uncertain``: the last attempt died while speaking to
-    the relay, so the mail may have left; it is not repeated blindly but
-    dead-lettered, and an admin's retry (GET/POST /api/v1/admin/failed-tasks)
-    sends it. ``send``: marked ``sending``, which commits before the relay is
-    spoken to, so a crash mid-send is detected.
-    """
-    if mail is None or mail.state in ("sent", "stored", "suppressed", "failed"):
-        return "skip"
-    if mail.recipient.endswith(".invalid"):
-        mail.state, mail.last_error = "suppressed", "recipient address is not deliverable"
-        return "skip"
-    mail.attempts += 1
-    if mail.state == "sending":
-        mail.state = "uncertain"
-        mail.last_error = "delivery uncertain: the worker died while sending"
-        return "uncertain"
-    mail.state = "sending"
-    return "send"
-
-
-def _record(mail: OutboundMail, outcome: str, error: str | None) -> None:
-    mail.state, mail.last_error = outcome, error
-    mail.sent_at = utcnow() if outcome == "sent" else None
-
-
 def send(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
     outbound_id = uuid.UUID(payload["outbound_id"])
     with ctx.db.transaction() as session:
         mail = session.scalar(
             _lock(session, select(OutboundMail).where(OutboundMail.id == outbound_id))
         )
-        begun = _begin_sending(mail)
+        begun = begin_sending(mail)
         if begun == "skip":
             return
         assert mail is not None
@@ -190,13 +168,13 @@ def send(ctx: TaskContext, payload: dict[str, Any], job: Job) -> None:
         except Exception:
             with ctx.db.transaction() as session:
                 row = session.get(OutboundMail, outbound_id)
-                if row is not None and row.state == "sending":
-                    row.state = "pending"
+                if row is not None:
+                    not_sent(row)
             raise
     with job.settle() as session:  # the mail's outcome and the task's, in one commit
         row = session.get(OutboundMail, outbound_id)
         if row is not None:
-            _record(row, outcome, error)
+            record_outcome(row, outcome, error)
 
 
 def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None:
@@ -212,7 +190,7 @@ def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None
             raise RunAlone("a mail of the batch may have left already")
         for outbound_id in jobs:
             mail = mails.get(outbound_id)
-            if _begin_sending(mail) == "send":
+            if begin_sending(mail) == "send":
                 assert mail is not None
                 to_send.append((outbound_id, mail.recipient, mail.raw))
     if ctx.relay is None:
@@ -227,28 +205,17 @@ def send_many(ctx: TaskContext, batch: list[tuple[dict[str, Any], Job]]) -> None
         if error is not None and not isinstance(error, PermanentFailure)
     }
     with Job.settle_all(ctx.db, [j for i, j in jobs.items() if i not in retry]) as session:
-        # The usual outcome, every mail sent (or stored), is one UPDATE for the batch.
         done = [i for (i, _, _), error in zip(to_send, outcomes, strict=True) if error is None]
-        if done:
-            session.execute(
-                update(OutboundMail)
-                .where(OutboundMail.id.in_(done))
-                .values(
-                    state="sent" if ctx.relay is not None else "stored",
-                    last_error=None,
-                    sent_at=utcnow() if ctx.relay is not None else None,
-                )
-                .execution_options(synchronize_session=False)
-            )
+        record_delivered(session, done, relayed=ctx.relay is not None)
         for (outbound_id, _, _), error in zip(to_send, outcomes, strict=True):
             row = session.get(OutboundMail, outbound_id) if error is not None else None
             if row is None:
                 continue
             if outbound_id in retry:
-                row.state = "pending"  # not sent: the next attempt sends it
+                not_sent(row)
                 jobs[outbound_id].fail_in(session, f"{type(error).__name__}: {error}")
             else:
-                _record(row, "failed", str(error))
+                record_outcome(row, "failed", str(error))
     for outbound_id in retry:
         jobs[outbound_id].settled = True
     if ctx.relay is None and to_send:

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gateway.attachments.models import Attachment
@@ -143,6 +143,59 @@ def schedule_acknowledgment(
             state="pending" if allowed else "suppressed",
             last_error=None if allowed else "automatic mail rate limit for this sender",
         ),
+    )
+
+
+def begin_sending(mail: OutboundMail | None) -> str:
+    """Mark a mail a send task found, before the relay is spoken to; what to do next.
+
+    ``skip``: sent, stored, suppressed or failed already, or undeliverable
+    (marked suppressed). ``uncertain``: the last attempt died while speaking to
+    the relay, so the mail may have left; it is not repeated blindly but
+    dead-lettered, and an admin's retry (GET/POST /api/v1/admin/failed-tasks)
+    sends it. ``send``: marked ``sending``, which commits before the relay is
+    spoken to, so a crash mid-send is detected.
+    """
+    if mail is None or mail.state in ("sent", "stored", "suppressed", "failed"):
+        return "skip"
+    if mail.recipient.endswith(".invalid"):
+        mail.state, mail.last_error = "suppressed", "recipient address is not deliverable"
+        return "skip"
+    mail.attempts += 1
+    if mail.state == "sending":
+        mail.state = "uncertain"
+        mail.last_error = "delivery uncertain: the worker died while sending"
+        return "uncertain"
+    mail.state = "sending"
+    return "send"
+
+
+def record_outcome(mail: OutboundMail, outcome: str, error: str | None) -> None:
+    """The relay's answer for one mail: ``sent``, ``stored`` (no relay) or ``failed`` (5xx)."""
+    mail.state, mail.last_error = outcome, error
+    mail.sent_at = utcnow() if outcome == "sent" else None
+
+
+def not_sent(mail: OutboundMail) -> None:
+    """Back to ``pending`` after a transient failure: nothing left; the next attempt sends it."""
+    if mail.state == "sending":
+        mail.state = "pending"
+
+
+def record_delivered(session: Session, ids: list[uuid.UUID], *, relayed: bool) -> None:
+    """:func:`record_outcome` ``sent`` (or ``stored`` without a relay) for many mails:
+    the usual outcome of a batch, in one ``UPDATE``."""
+    if not ids:
+        return
+    session.execute(
+        update(OutboundMail)
+        .where(OutboundMail.id.in_(ids))
+        .values(
+            state="sent" if relayed else "stored",
+            last_error=None,
+            sent_at=utcnow() if relayed else None,
+        )
+        .execution_options(synchronize_session=False)
     )
 
 
