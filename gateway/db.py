@@ -7,6 +7,7 @@ commit; whoever opened the session (a request, a task, a CLI command) does.
 
 from __future__ import annotations
 
+import functools
 import select
 import time
 import uuid
@@ -119,6 +120,17 @@ def lookup(session: Session, name: str, key: Any, fetch: Callable[[], T]) -> T:
     return cast(T, answers[key]) if key in answers else fetch()
 
 
+def _table_rank() -> dict[Any, int]:
+    """Each table's place in a parents-first order, sorted again only when a model
+    module imported since has added tables."""
+    return _rank_of(len(Base.metadata.tables))
+
+
+@functools.cache
+def _rank_of(table_count: int) -> dict[Any, int]:
+    return {table: n for n, table in enumerate(Base.metadata.sorted_tables)}
+
+
 def _flush_in_table_order(session: Session) -> None:
     """Flush table by table, parents first.
 
@@ -126,7 +138,7 @@ def _flush_in_table_order(session: Session) -> None:
     reference another table by foreign key (participants, events, outbox
     rows) could otherwise come before the ticket they belong to.
     """
-    rank = {table: n for n, table in enumerate(Base.metadata.sorted_tables)}
+    rank = _table_rank()
     groups: dict[int, list[Any]] = {}
     for obj in [*session.new, *session.dirty]:
         table = sa_inspect(obj).mapper.local_table
