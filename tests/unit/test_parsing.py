@@ -707,11 +707,9 @@ def test_the_usual_senders_are_simple():
 
 
 def _corpus() -> list[Path]:
-    import test as stdlib_tests
+    from tests.integration.test_corpus import corpus
 
-    data = Path(stdlib_tests.__file__).parent / "test_email" / "data"
-    ours = Path(__file__).parents[1] / "data" / "emails"
-    return sorted(data.glob("msg_*.txt")) + sorted(ours.glob("*.eml"))
+    return corpus() + sorted((Path(__file__).parents[1] / "data" / "emails").glob("*.eml"))
 
 
 def _parsed(raw: bytes) -> tuple:
