@@ -6,6 +6,10 @@ times a mail, and a class is garbage only the cyclic collector frees. The
 class depends on nothing but the registry entry it mixes with the base
 class, so one per entry is kept. The policies behave as the stdlib's
 otherwise (same classes, same parsing, same folding).
+
+``SMTP`` writes 7-bit mail (``cte_type="7bit"``): a non-ASCII body is sent
+quoted-printable or base64, never as raw 8-bit, so it crosses any relay,
+including one that does not offer ``8BITMIME`` (RFC 6152).
 """
 
 from __future__ import annotations
@@ -33,4 +37,4 @@ class CachedHeaderRegistry(HeaderRegistry):
 
 
 DEFAULT = policy.default.clone(header_factory=CachedHeaderRegistry())
-SMTP = policy.SMTP.clone(header_factory=CachedHeaderRegistry())
+SMTP = policy.SMTP.clone(cte_type="7bit", header_factory=CachedHeaderRegistry())

@@ -59,6 +59,18 @@ def test_what_the_plain_way_cannot_write_goes_through_email() -> None:
         assert _compose_plain(mail, WHEN) is None, mail
         composed = compose(mail)
         assert b"\r\nBcc:" not in composed
+        assert composed.isascii(), mail  # 7-bit: no relay needs 8BITMIME for our mail
+
+
+def test_a_non_ascii_reply_is_seven_bit_and_reads_back() -> None:
+    text = "Grüße aus Köln,\nご連絡ありがとうございます。\n" + "ä" * 120 + "\n"
+    html = "<p>Grüße — 日本語</p>"
+    composed = compose(ack(text=text, html=html, automatic=False))
+    assert composed.isascii()
+    parsed = message_from_bytes(composed, policy=default)
+    plain, rich = (part.get_content() for part in parsed.iter_parts())
+    assert plain.replace("\r\n", "\n") == text
+    assert rich.replace("\r\n", "\n").rstrip("\n") == html
 
 
 _ascii = st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=30)

@@ -54,4 +54,14 @@ def test_messages_come_out_the_same() -> None:
         msg.set_content("Grüße\n")
         return msg.as_bytes()
 
-    assert build(SMTP) == build(policy.SMTP)
+    assert build(SMTP) == build(policy.SMTP.clone(cte_type="7bit"))
+
+
+def test_outgoing_mail_is_seven_bit() -> None:
+    msg = EmailMessage(policy=SMTP)
+    msg["Subject"] = "Grüße"
+    msg.set_content("Grüße aus Köln\n")
+    msg.add_alternative("<p>Grüße — 日本語</p>", subtype="html")
+    raw = msg.as_bytes()
+    assert raw.isascii()
+    assert b"Content-Transfer-Encoding: 8bit" not in raw
