@@ -333,9 +333,14 @@ def world(admin, agent, customer_a, customer_b, make_ticket, db) -> World:
         with db.transaction() as session:
             token, _ = issue_token(session, get_user(session, caller.id))
             token_id = str(token.id)
-            dead = OutboxTask(kind="email.send", idempotency_key=f"matrix:{name}",
-                              payload={"outbound_id": str(uuid.uuid4())}, state="dead",
-                              attempts=8, last_error="relay refused")
+            dead = OutboxTask(
+                kind="email.send",
+                idempotency_key=f"matrix:{name}",
+                payload={"outbound_id": str(uuid.uuid4())},
+                state="dead",
+                attempts=8,
+                last_error="relay refused",
+            )
             session.add(dead)
             session.flush()
             task_id = str(dead.id)

@@ -20,9 +20,24 @@ from tests.ports import free_port
 def certificate(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return str(cert), str(key)
 
@@ -36,9 +51,16 @@ def test_starttls_is_offered_and_mail_goes_through_it(db, certificate):
     assert context is not None
 
     async def main() -> None:
-        await serve_smtp(db, SupportAddress.parse(SUPPORT), "127.0.0.1", port,
-                         max_message_bytes=1_000_000, stop=stop, tls=context,
-                         ready=lambda _: ready.set())
+        await serve_smtp(
+            db,
+            SupportAddress.parse(SUPPORT),
+            "127.0.0.1",
+            port,
+            max_message_bytes=1_000_000,
+            stop=stop,
+            tls=context,
+            ready=lambda _: ready.set(),
+        )
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
