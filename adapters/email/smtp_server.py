@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,24 +45,40 @@ MAX_BATCH = 64
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
+# ``<local@domain>`` with both halves ASCII dot-atoms (RFC 5321's common case), then the
+# parameters after any spaces or tabs.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*)>[ \t]*")
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's server with the enhanced status code the contract names for 552."""
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's own, without the ``typing.Protocol`` class it defines on every MAIL
         and RCPT (4 % of this server's CPU under load); tests/unit compares the two.
+        A plain ``<local@domain>`` is read by one regex (~1 µs, against ~40 µs for the
+        stdlib's address parser, ~10 % of this server's CPU a message); anything else,
+        or parameters that begin with a comment, goes to the parser.
         One difference: an address the stdlib parser trips over (``MAIL FROM:a@``
-        raises ``IndexError``) is malformed (553), not an internal failure (451)."""
+        raises ``IndexError``, ``<a@[>`` ``AttributeError``) is malformed (553), not an
+        internal failure (451)."""
         if not arg:
             return "", ""
+        plain = _PLAIN_PATH.match(arg)
+        if plain is not None and not arg.startswith("(", plain.end()):
+            addr = plain.group(1)
+            if self.local_part_limit and addr.rindex("@") > self.local_part_limit:
+                return None, None
+            return addr, arg[plain.end() :]
         try:
             if arg.lstrip().startswith("<"):
                 address, rest = get_angle_addr(arg)
             else:
                 address, rest = get_addr_spec(arg)
-        except (HeaderParseError, IndexError):
+            addr = address.addr_spec
+        except (HeaderParseError, IndexError, AttributeError):
             return None, None
-        addr = address.addr_spec
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None

@@ -85,9 +85,12 @@ def test_oversized_mail_is_552_5_3_4(mail_server):
 def test_a_malformed_sender_address_is_refused_as_such_not_deferred(mail_server):
     with smtplib.SMTP("127.0.0.1", mail_server.port) as client:
         client.ehlo()
-        code, _ = client.docmd("MAIL FROM:a@")
-        assert code == 553  # aiosmtpd alone raises here, which would be a 451 (try again)
+        for malformed in ("a@", "<a@[>"):
+            code, _ = client.docmd(f"MAIL FROM:{malformed}")
+            assert code == 553  # aiosmtpd alone raises here: a 451 (try again) for good
         assert client.mail("alice@example.org")[0] == 250
+        code, _ = client.docmd("RCPT TO:<support@[>")
+        assert code == 553
 
 
 def test_new_ticket_then_threaded_reply_and_agent_answer(mail_server, db, relay, make_caller):

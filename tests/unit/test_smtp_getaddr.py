@@ -25,6 +25,17 @@ CASES = [
     "ana",
     "<" + "x" * 65 + "@example.org>",
     "<zoë@example.org>",
+    "<ana@example.org>\tSIZE=1",
+    "<ana@example.org> (comment) SIZE=1",
+    "<ana@example.org>(comment)",
+    "<a.b.c@d.e>  ",
+    "<a..b@example.org>",
+    "<.a@example.org>",
+    "<a.@example.org>",
+    "<a@example..org>",
+    "<a@.example.org>",
+    "<a@b!c>",
+    "<" + "x" * 64 + "@example.org>",
 ]
 
 
@@ -35,19 +46,34 @@ def test_reads_each_address_as_aiosmtpd_does(arg: str, limit: int) -> None:
     assert GatewaySMTP._getaddr(server, arg) == SMTP._getaddr(server, arg)  # type: ignore[arg-type]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(max_size=40), st.from_regex(r"\A ?<?[!-~]{0,30}>?( [A-Z]+=\w+)?\Z")))
-def test_reads_any_argument_as_aiosmtpd_does(arg: str) -> None:
-    server = SimpleNamespace(local_part_limit=64)
+# Near the plain ``<local@domain>`` shape that a regex reads: atext, dots, a stray
+# special, spaces, tabs and comments after it.
+_near_plain = st.from_regex(
+    r"\A<[a-z.!#'=(\"]{0,8}@[a-z.\[-]{0,8}>[ \t(]{0,2}[A-Za-z=0-9()]{0,8}\Z"
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.from_regex(r"\A ?<?[!-~]{0,30}>?( [A-Z]+=\w+)?\Z"),
+        _near_plain,
+    ),
+    st.sampled_from([0, 4, 64]),
+)
+def test_reads_any_argument_as_aiosmtpd_does(arg: str, limit: int) -> None:
+    server = SimpleNamespace(local_part_limit=limit)
     try:
         theirs = SMTP._getaddr(server, arg)  # type: ignore[arg-type]
-    except IndexError:  # aiosmtpd trips over it (a 451): malformed to us (a 553)
+    except (IndexError, AttributeError):  # aiosmtpd trips over it (a 451): malformed (553)
         theirs = (None, None)
     assert GatewaySMTP._getaddr(server, arg) == theirs  # type: ignore[arg-type]
 
 
-def test_an_address_the_parser_trips_over_is_malformed() -> None:
+@pytest.mark.parametrize(("arg", "error"), [("a@", IndexError), ("<a@[>", AttributeError)])
+def test_an_address_the_parser_trips_over_is_malformed(arg: str, error: type) -> None:
     server = SimpleNamespace(local_part_limit=64)
-    with pytest.raises(IndexError):
-        SMTP._getaddr(server, "a@")  # type: ignore[arg-type]
-    assert GatewaySMTP._getaddr(server, "a@") == (None, None)  # type: ignore[arg-type]
+    with pytest.raises(error):
+        SMTP._getaddr(server, arg)  # type: ignore[arg-type]
+    assert GatewaySMTP._getaddr(server, arg) == (None, None)  # type: ignore[arg-type]
