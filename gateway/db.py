@@ -254,9 +254,12 @@ class DriverQuery:
     ``Connection.execute``.
     """
 
-    def __init__(self, stmt: Any, *, named: bool = False) -> None:
+    def __init__(self, stmt: Any, *, named: bool = False, prepare: bool | None = None) -> None:
+        """``prepare``: psycopg's (None: prepared after five executions; False: never, so
+        PostgreSQL plans each execution for its values)."""
         self.stmt = stmt
         self.row_factory = namedtuple_row if named else tuple_row
+        self.prepare = prepare
         self._compiled: tuple[str, dict[str, Any]] | None = None
 
     def rows(self, session: Session, params: dict[str, Any], stmt: Any = None) -> list[Any]:
@@ -271,7 +274,7 @@ class DriverQuery:
         driver = conn.connection.driver_connection
         assert driver is not None
         with driver.cursor(row_factory=self.row_factory) as cursor:
-            cursor.execute(sql, {**constants, **params})
+            cursor.execute(sql, {**constants, **params}, prepare=self.prepare)
             return cursor.fetchall()
 
 

@@ -241,3 +241,44 @@ def test_statement_cache_is_bounded_and_evicts_oldest_shapes(admin, make_ticket,
             query = "&".join(f"tag={t}" for t in "abcde"[:n])
             assert ids(admin, query) == [tagged["id"]], (round_, n)
             assert len(listing._STATEMENTS) <= 3
+
+
+def _prepared(session) -> list[str]:
+    from sqlalchemy import text
+
+    found = session.execute(text("SELECT statement FROM pg_prepared_statements")).scalars()
+    return [statement for statement in found if "FROM tickets" in statement]  # the lists
+
+
+@pytest.mark.parametrize(
+    ("params", "prepared"),
+    [
+        ({"status": "open"}, True),
+        ({"status": "open", "metadata.region": "eu"}, False),
+        ({"cf.plan": "pro"}, False),
+        ({"tag": "x"}, False),
+    ],
+)
+def test_only_statements_of_value_blind_filters_are_prepared(db, admin, params, prepared):
+    """psycopg prepares a statement after five executions, and PostgreSQL may then use one
+    generic plan for every value. A filter whose selectivity depends on its value (two
+    metadata filters: 290 ms generic against 40 ms planned) is planned each time."""
+    if db.dialect != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    from gateway.tickets.listing import ExtraFilters, list_tickets_out
+    from gateway.tickets.schemas import TicketListQuery
+
+    if "cf.plan" in params:
+        with db.transaction() as s:
+            s.add(CustomFieldDefinition(key="plan", label="Plan", type="text"))
+    query = TicketListQuery.model_validate(
+        {k: ([v] if k == "tag" else v) for k, v in params.items() if "." not in k}
+    )
+    extra = ExtraFilters.from_params({k: v for k, v in params.items() if "." in k})
+    with db.transaction() as s:
+        principal = Principal.of(find_user_by_email(s, admin.email))
+        before = len(_prepared(s))
+        for _ in range(8):
+            list_tickets_out(s, principal, query, extra)
+        new = len(_prepared(s)) - before
+    assert (new > 0) is prepared, (params, new)
