@@ -38,3 +38,8 @@ class CachedHeaderRegistry(HeaderRegistry):
 
 DEFAULT = policy.default.clone(header_factory=CachedHeaderRegistry())
 SMTP = policy.SMTP.clone(cte_type="7bit", header_factory=CachedHeaderRegistry())
+
+# RFC 5322's atext and dot-atom, as regex source: the plain shapes that the fast paths
+# (addresses in headers, MAIL/RCPT paths, outgoing mailboxes) read without ``email``'s parser.
+ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+DOT_ATOM = rf"{ATEXT}+(?:\.{ATEXT}+)*"

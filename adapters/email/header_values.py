@@ -24,6 +24,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 
 from adapters.email.charsets import clean_text
 from gateway.inbound.message import Address
+from gateway.mail_policy import ATEXT, DOT_ATOM
 from gateway.mail_policy import DEFAULT as DEFAULT_POLICY
 
 POLICY_PARSE_LIMIT = 2 * 1024
@@ -65,11 +66,9 @@ def decode_text(name: str, value: str) -> str:
 # header): ``addr``, ``Name <addr>``, ``"Name" <addr>``, comma-separated,
 # printable ASCII, no comments, groups, escapes or encoded words. The policy
 # reads these the same way (tests/unit/test_parsing.py compares the two).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _SIMPLE_MAILBOX = re.compile(
-    rf'[ \t]*(?:(?P<bare>{_DOT_ATOM}@{_DOT_ATOM})|(?:"(?P<quoted>[ -!#-\[\]-~]*)"'
-    rf"|(?P<phrase>{_ATEXT}+(?: {_ATEXT}+)*))? *<(?P<angle>{_DOT_ATOM}@{_DOT_ATOM})>)[ \t]*"
+    rf'[ \t]*(?:(?P<bare>{DOT_ATOM}@{DOT_ATOM})|(?:"(?P<quoted>[ -!#-\[\]-~]*)"'
+    rf"|(?P<phrase>{ATEXT}+(?: {ATEXT}+)*))? *<(?P<angle>{DOT_ATOM}@{DOT_ATOM})>)[ \t]*"
 )
 
 

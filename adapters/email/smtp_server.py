@@ -37,6 +37,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.db import Database
 from gateway.inbound.addresses import SupportAddress
 from gateway.inbound.store import Received, accept_many
+from gateway.mail_policy import DOT_ATOM
 
 log = logging.getLogger("supportgate.smtp")
 
@@ -47,8 +48,7 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 # ``<local@domain>`` with both halves ASCII dot-atoms (RFC 5321's common case), then the
 # parameters after any spaces or tabs.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*)>[ \t]*")
+_PLAIN_PATH = re.compile(rf"<({DOT_ATOM}@{DOT_ATOM})>[ \t]*")
 
 
 class GatewaySMTP(SMTP):
@@ -67,18 +67,16 @@ class GatewaySMTP(SMTP):
             return "", ""
         plain = _PLAIN_PATH.match(arg)
         if plain is not None and not arg.startswith("(", plain.end()):
-            addr = plain.group(1)
-            if self.local_part_limit and addr.rindex("@") > self.local_part_limit:
+            addr, rest = plain.group(1), arg[plain.end() :]
+        else:
+            try:
+                if arg.lstrip().startswith("<"):
+                    address, rest = get_angle_addr(arg)
+                else:
+                    address, rest = get_addr_spec(arg)
+                addr = address.addr_spec
+            except (HeaderParseError, IndexError, AttributeError):
                 return None, None
-            return addr, arg[plain.end() :]
-        try:
-            if arg.lstrip().startswith("<"):
-                address, rest = get_angle_addr(arg)
-            else:
-                address, rest = get_addr_spec(arg)
-            addr = address.addr_spec
-        except (HeaderParseError, IndexError, AttributeError):
-            return None, None
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None

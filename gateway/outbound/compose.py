@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from gateway.db import utcnow
-from gateway.mail_policy import SMTP
+from gateway.mail_policy import DOT_ATOM, SMTP
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 MAX_REFERENCES = 20
@@ -68,8 +68,7 @@ def compose(mail: Outgoing) -> bytes:
 # same bytes (tests/unit/test_compose.py compares the two on generated
 # values), at a tenth of the cost: it parses each header it is given again.
 _NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+_ADDRESS = re.compile(rf"{DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _PLAIN_VALUE = re.compile(r"[!-~]+(?: [!-~]+)*")
 _MESSAGE_ID = re.compile(r"<[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+>")
 _MAX_LINE = 78
