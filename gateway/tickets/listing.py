@@ -108,6 +108,11 @@ _PLAN_ONCE = frozenset(
 )
 
 
+def _plan_once(token: Any) -> bool:
+    """Whether a filter's token (a name, or a name and a variant) is one of ``_PLAN_ONCE``."""
+    return (token[0] if isinstance(token, tuple) else token) in _PLAN_ONCE
+
+
 class _Plan:
     """A list request as a statement shape and its bound values.
 
@@ -119,7 +124,7 @@ class _Plan:
     filters are present and how many of the repeatable ones.
     """
 
-    __slots__ = ("builders", "dialect", "params", "plan_each_time", "principal", "shape")
+    __slots__ = ("builders", "dialect", "params", "principal", "shape")
 
     def __init__(self, dialect: str, principal: Principal, sort: str) -> None:
         self.dialect = dialect
@@ -127,12 +132,8 @@ class _Plan:
         self.shape: list[Any] = [dialect, principal.is_staff, sort]
         self.params: dict[str, Any] = {}
         self.builders: list[Callable[[], ColumnElement[bool]]] = []
-        self.plan_each_time = False
 
     def add(self, token: Any, build: Callable[[], ColumnElement[bool]], **params: Any) -> None:
-        name = token[0] if isinstance(token, tuple) else token
-        if name not in _PLAN_ONCE:
-            self.plan_each_time = True
         self.shape.append(token)
         self.builders.append(build)
         self.params.update(params)
@@ -377,7 +378,8 @@ def _statement(plan: _Plan, base_name: str, base: Callable[[], Select[Any]]) -> 
     found = DriverQuery(
         stmt.order_by(*order).limit(bindparam("limit", type_=Integer)),
         named=True,
-        prepare=False if plan.plan_each_time else None,
+        # plan.shape[3:]: the filters (after the dialect, the caller's kind and the sort)
+        prepare=None if all(_plan_once(token) for token in plan.shape[3:]) else False,
     )
     with _STATEMENTS_LOCK:
         if len(_STATEMENTS) >= _STATEMENT_CACHE_SIZE:
