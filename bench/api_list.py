@@ -919,6 +919,7 @@ def run_wrk(
 # --- paced load ----------------------------------------------------------------------------------
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close\b", re.IGNORECASE)
 
 
 async def _paced_requests(
@@ -929,8 +930,12 @@ async def _paced_requests(
     so waiting for a connection counts too (no coordinated omission, unlike wrk's closed
     loop, whose latency at saturation is the length of its own queue).
 
+    The client's own pauses would count as the server's: it keeps at most ``connections``
+    requests in flight as tasks, and Python's collector is off during the run.
+
     Returns the latencies (s), the failed requests and the client's CPU seconds."""
     import asyncio
+    import gc
 
     loop = asyncio.get_running_loop()
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
@@ -942,14 +947,10 @@ async def _paced_requests(
     requests = [f"GET {rng.choice(paths)}{head}".encode() for _ in range(count)]
     latencies: list[float] = []
     failed = 0
+    problems: list[BaseException] = []
 
-    async def one(i: int, t0: float) -> None:
+    async def one(i: int, due: float, reader: Any, writer: Any) -> None:
         nonlocal failed
-        due = t0 + i / rate
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        reader, writer = await pool.get()
         try:
             writer.write(requests[i])
             header = await reader.readuntil(b"\r\n\r\n")
@@ -960,15 +961,39 @@ async def _paced_requests(
             latencies.append(loop.time() - due)
             if not header.startswith(b"HTTP/1.1 200 "):
                 failed += 1
+            if _CLOSE.search(header):  # the server ends this connection: open another
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except Exception as exc:  # raised again once the run is over
+            problems.append(exc)
         finally:
             pool.put_nowait((reader, writer))
 
+    inflight: set[asyncio.Task[None]] = set()
+    collecting = gc.isenabled()
+    gc.disable()
     cpu0 = time.process_time()
-    t0 = loop.time() + 0.05
-    await asyncio.gather(*(one(i, t0) for i in range(count)))
-    cpu = time.process_time() - cpu0
+    try:
+        t0 = loop.time() + 0.05
+        for i in range(count):
+            if problems:
+                break
+            due = t0 + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(i, due, *await pool.get()))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        await asyncio.gather(*inflight)
+    finally:
+        cpu = time.process_time() - cpu0
+        if collecting:
+            gc.enable()
     while not pool.empty():
         pool.get_nowait()[1].close()
+    if problems:
+        raise problems[0]
     return latencies, failed, cpu
 
 
