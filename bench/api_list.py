@@ -698,6 +698,7 @@ def anchor_server(args: argparse.Namespace, out: Path, sql_path: Path) -> Server
         "--threads", str(args.threads),
         "--graceful-timeout", "20",
         "--name", "supportgate-anchor",
+        "--config", str(BENCH_DIR / "anchor_gunicorn.py"),
         "anchor_app:create_app()",
     ]  # fmt: skip
     env = dict(os.environ, SG_BENCH_ANCHOR_SQL=str(sql_path))

@@ -128,6 +128,23 @@ def _check_port(host: str, port: int, names: str) -> None:
         _fail(f"cannot listen on {where} ({names}): {exc.strerror or exc}")
 
 
+def close_after(requests: int) -> Callable[[Any, Any], None]:
+    """gunicorn's ``pre_request`` hook: the ``requests``-th request on a connection is
+    answered with ``Connection: close``, and gunicorn closes the connection after it.
+
+    A gthread worker serves every keep-alive connection it ever accepted, and which worker
+    accepts is luck, so one worker can hold all of a client pool's connections while the
+    others idle. A client opens the next connection at once; the worker that accepts it is
+    the first whose main thread wakes, the least busy one. Clients see a normal close of a
+    keep-alive connection after a complete answer."""
+
+    def pre_request(worker: Any, req: Any) -> None:
+        if req.req_number >= requests:
+            req.force_close()
+
+    return pre_request
+
+
 def _run_gunicorn(
     settings: Settings, extra_hooks: dict[str, Callable[..., Any]] | None = None
 ) -> None:
@@ -144,6 +161,8 @@ def _run_gunicorn(
             self.cfg.set("graceful_timeout", 20)
             self.cfg.set("accesslog", None)
             self.cfg.set("proc_name", "supportgate-api")
+            if settings.api_keepalive_requests:
+                self.cfg.set("pre_request", close_after(settings.api_keepalive_requests))
             for name, hook in (extra_hooks or {}).items():
                 self.cfg.set(name, hook)
 

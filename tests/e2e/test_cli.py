@@ -9,6 +9,7 @@ stopped in a ``finally``: SIGTERM first, then SIGKILL of its process group.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -377,6 +378,42 @@ def test_api_serves_a_migrated_database(tmp_path: Path) -> None:
         )
         assert me.status_code == 200, me.text
         assert server.stop() == 0, server.output()
+
+
+def _answers_on_one_connection(base: str, count: int) -> list[tuple[int, str | None]]:
+    """(status, Connection header) of ``count`` GET /healthz sent on one connection, until
+    the server closes it."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    answers: list[tuple[int, str | None]] = []
+    try:
+        conn.connect()
+        sock = conn.sock
+        for _ in range(count):
+            if conn.sock is not sock:  # http.client reconnects after a close: stop there
+                break
+            conn.request("GET", "/healthz")
+            answer = conn.getresponse()
+            answer.read()
+            answers.append((answer.status, answer.getheader("Connection")))
+            if answer.will_close:
+                break
+    finally:
+        conn.close()
+    return answers
+
+
+@pytest.mark.slow
+def test_api_closes_a_keep_alive_connection_after_the_configured_requests(
+    tmp_path: Path,
+) -> None:
+    add_user(tmp_path, "admin@example.com", "admin")  # migrates on the way
+    with serving(tmp_path, "api", api_keepalive_requests="3") as server:
+        answers = _answers_on_one_connection(server.base, 10)
+        assert [status for status, _ in answers] == [200, 200, 200]
+        assert [h.lower() if h else h for _, h in answers] == ["keep-alive", "keep-alive", "close"]
+    with serving(tmp_path, "api", api_keepalive_requests="0") as server:
+        assert len(_answers_on_one_connection(server.base, 150)) == 150  # never closed
 
 
 @pytest.fixture
