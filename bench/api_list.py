@@ -1051,6 +1051,14 @@ def paced_run(
     return r
 
 
+def add_paced_arguments(p: argparse.ArgumentParser, share_help: str) -> None:
+    """--paced-share and --paced-duration, read by ``paced_run``."""
+    p.add_argument(
+        "--paced-share", type=float, default=0.5, help=f"{share_help}, open loop (0: skip)"
+    )
+    p.add_argument("--paced-duration", type=float, default=20.0, help="seconds of that run")
+
+
 def _pct(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * q / 100 + 0.5) - 1))]
@@ -1340,13 +1348,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run each scenario at this concurrency to show service time (0: skip)",
     )
     p.add_argument("--light-duration", type=int, default=8, help="seconds of that run")
-    p.add_argument(
-        "--paced-share",
-        type=float,
-        default=0.5,
-        help="also offer each server this share of the anchor's req/s, open loop (0: skip)",
-    )
-    p.add_argument("--paced-duration", type=float, default=20.0, help="seconds of that run")
+    add_paced_arguments(p, "also offer each server this share of the anchor's req/s")
     p.add_argument(
         "--quiet-cores",
         type=float,

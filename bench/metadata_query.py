@@ -297,13 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16, help="wrk connections under load")
     p.add_argument("--light-connections", type=int, default=1, help="service-time run (0: skip)")
     p.add_argument("--light-duration", type=int, default=8)
-    p.add_argument(
-        "--paced-share",
-        type=float,
-        default=0.5,
-        help="then offer this share of the c=--connections req/s, open loop (0: skip)",
-    )
-    p.add_argument("--paced-duration", type=float, default=20.0, help="seconds of that run")
+    api_list.add_paced_arguments(p, "then offer this share of the c=--connections req/s")
     p.add_argument(
         "--bare-seconds", type=float, default=3.0, help="bare SELECT timing per scenario"
     )
