@@ -998,53 +998,91 @@ async def _paced_requests(
     return latencies, failed, cpu
 
 
-def paced_run(
-    args: argparse.Namespace, server: Server, scenario: Scenario, token: str, rate: float
-) -> Run:
-    """One run of ``args.paced_duration`` seconds at ``rate`` requests/s (see _paced_requests)."""
+@dataclass
+class _Paced:
+    """What the slices of one server's paced run add up to."""
+
+    latencies: list[float] = field(default_factory=list)
+    failed: int = 0
+    client_cpu: float = 0.0
+    elapsed: float = 0.0
+    app_cpu: float = 0.0
+    db_cpu: float = 0.0
+    machine: float = 0.0
+    steal: float = 0.0
+    per_process: dict[int, float] = field(default_factory=dict)  # CPU seconds by pid
+
+
+def paced_runs(
+    args: argparse.Namespace, servers: list[Server], scenario: Scenario, token: str, rate: float
+) -> dict[str, Run]:
+    """``args.paced_duration`` seconds at ``rate`` requests/s for each server (see
+    _paced_requests), in ``args.paced_slices`` slices taken in turn, A B B A A B ...:
+    the speed of a shared host drifts by tens of percent within minutes, and one server
+    measured after the other would see a different machine. The slices are pooled."""
     import asyncio
 
-    assert server.proc is not None
-    wait_quiet(args.quiet_cores, args.quiet_timeout)
     dbname = make_url(args.database_url).database or ""
-    before = cpu_snapshot(server.proc.pid, dbname)
-    latencies, failed, client_cpu = asyncio.run(
-        _paced_requests(
-            server.port, token, scenario.paths, rate, args.paced_duration, args.connections
-        )
-    )
-    after = cpu_snapshot(server.proc.pid, dbname)
-    n = len(latencies)
-    elapsed = after.at - before.at
-    app_cpu, db_cpu = _delta(before.group, after.group), _delta(before.db, after.db)
-    machine = (after.machine_busy - before.machine_busy) / _CLK
-    ms = sorted(x * 1000 for x in latencies)
-    achieved = n / elapsed
-    per_process = [
-        (t - before.group.get(pid, 0)) / _CLK / elapsed for pid, t in after.group.items()
-    ]
+    seconds = args.paced_duration / max(1, args.paced_slices)
+    pooled = {server.name: _Paced() for server in servers}
+    for k in range(max(1, args.paced_slices)):
+        for server in servers if k % 2 == 0 else servers[::-1]:
+            assert server.proc is not None
+            wait_quiet(args.quiet_cores, args.quiet_timeout)
+            before = cpu_snapshot(server.proc.pid, dbname)
+            latencies, failed, client_cpu = asyncio.run(
+                _paced_requests(server.port, token, scenario.paths, rate, seconds, args.connections)
+            )
+            after = cpu_snapshot(server.proc.pid, dbname)
+            acc = pooled[server.name]
+            acc.latencies += latencies
+            acc.failed += failed
+            acc.client_cpu += client_cpu
+            acc.elapsed += after.at - before.at
+            acc.app_cpu += _delta(before.group, after.group)
+            acc.db_cpu += _delta(before.db, after.db)
+            acc.machine += (after.machine_busy - before.machine_busy) / _CLK
+            acc.steal += (after.steal - before.steal) / _CLK
+            for pid, t in after.group.items():
+                used = (t - before.group.get(pid, 0)) / _CLK
+                acc.per_process[pid] = acc.per_process.get(pid, 0.0) + used
+    return {name: _paced_result(args, scenario, name, acc, rate) for name, acc in pooled.items()}
+
+
+def _paced_result(
+    args: argparse.Namespace, scenario: Scenario, name: str, acc: _Paced, rate: float
+) -> Run:
+    n = len(acc.latencies)
+    ms = sorted(x * 1000 for x in acc.latencies)
     r = Run(
         scenario=scenario.key,
-        server=server.name,
+        server=name,
         requests=n,
-        rps=achieved,
+        rps=n / acc.elapsed,
         p50_ms=_pct(ms, 50),
         p90_ms=_pct(ms, 90),
         p99_ms=_pct(ms, 99),
         max_ms=ms[-1],
-        errors=failed,
+        errors=acc.failed,
         connections=args.connections,
-        app_cpu_ms_per_req=app_cpu * 1000 / n,
-        db_cpu_ms_per_req=db_cpu * 1000 / n,
-        wrk_cpu_ms_per_req=client_cpu * 1000 / n,
-        other_cores=max(0.0, machine - app_cpu - db_cpu - client_cpu) / elapsed,
-        steal_cores=(after.steal - before.steal) / _CLK / elapsed,
-        worker_cores=sorted((round(c, 2) for c in per_process if c >= 0.01), reverse=True),
+        app_cpu_ms_per_req=acc.app_cpu * 1000 / n,
+        db_cpu_ms_per_req=acc.db_cpu * 1000 / n,
+        wrk_cpu_ms_per_req=acc.client_cpu * 1000 / n,
+        other_cores=max(0.0, acc.machine - acc.app_cpu - acc.db_cpu - acc.client_cpu) / acc.elapsed,
+        steal_cores=acc.steal / acc.elapsed,
+        worker_cores=sorted(
+            (
+                round(c / acc.elapsed, 2)
+                for c in acc.per_process.values()
+                if c / acc.elapsed >= 0.01
+            ),
+            reverse=True,
+        ),
         rps_min=rate,
         rps_max=rate,
     )
     log(
-        f"{scenario.key:22} {server.name:8} paced {rate:7,.0f}/s  p50 {r.p50_ms:6.1f} ms"
+        f"{scenario.key:22} {name:8} paced {rate:7,.0f}/s  p50 {r.p50_ms:6.1f} ms"
         f"  p99 {r.p99_ms:6.1f} ms  max {r.max_ms:6.1f} ms  errors {r.errors}"
         f"  other {r.other_cores:.2f}"
     )
@@ -1052,11 +1090,19 @@ def paced_run(
 
 
 def add_paced_arguments(p: argparse.ArgumentParser, share_help: str) -> None:
-    """--paced-share and --paced-duration, read by ``paced_run``."""
+    """--paced-share, --paced-duration and --paced-slices, read by ``paced_runs``."""
     p.add_argument(
         "--paced-share", type=float, default=0.5, help=f"{share_help}, open loop (0: skip)"
     )
-    p.add_argument("--paced-duration", type=float, default=20.0, help="seconds of that run")
+    p.add_argument(
+        "--paced-duration", type=float, default=20.0, help="seconds of that run, per server"
+    )
+    p.add_argument(
+        "--paced-slices",
+        type=int,
+        default=4,
+        help="slices of that run, servers in turn (A B B A ...), pooled",
+    )
 
 
 def _pct(ordered: list[float], q: float) -> float:
@@ -1472,8 +1518,8 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
         if args.paced_share > 0:
             # Both servers get the same offered load: a share of what the anchor served.
             rate = args.paced_share * runs[(s.key, "anchor")].rps
-            for server in (product, anchor):
-                paced[(s.key, server.name)] = paced_run(args, server, s, token, rate)
+            for name, run in paced_runs(args, [product, anchor], s, token, rate).items():
+                paced[(s.key, name)] = run
 
     checks = evaluate(scenarios, runs, paced)
     table = render(scenarios, runs, light, checks, paced, args.paced_share)

@@ -13,7 +13,7 @@ Extends ``bench/api_list.py`` (same seeding, servers, wrk runner and report styl
 3. starts the product (``supportgate api``, gthread) and loads each scenario with
    ``wrk`` (random values per request) at ``--connections`` and at
    ``--light-connections`` (service time, no queueing), then paced (open loop,
-   ``api_list.paced_run``) at ``--paced-share`` of the req/s it served at
+   ``api_list.paced_runs``) at ``--paced-share`` of the req/s it served at
    ``--connections``;
 4. prints req/s, p50 and p99 beside the bare SELECT's, and the issue's target
    (p99 under 50 ms) with PASS/FAIL at 1 connection and paced, for each
@@ -55,7 +55,7 @@ from api_list import (  # noqa: E402
     encode_param,
     log,
     measured_run,
-    paced_run,
+    paced_runs,
     product_server,
     run_wrk,
     write_lua,
@@ -396,7 +396,7 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
             )
         if args.paced_share > 0:
             rate = args.paced_share * loaded[s.key].rps
-            paced[s.key] = paced_run(args, product, s, token, rate)
+            paced[s.key] = paced_runs(args, [product], s, token, rate)["product"]
 
     checks: list[tuple[str, bool, str]] = []
     lines = [

@@ -80,3 +80,65 @@ def test_answers_other_than_200_are_counted_as_failed(server: int) -> None:
     )
     assert len(latencies) == 50
     assert 0 < failed < 50
+
+
+class _Tagged(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    seen: list[str] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.server.tag)  # type: ignore[attr-defined]
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_paced_runs_take_the_servers_in_turn_and_pool_the_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    import subprocess
+
+    # Each slice is what a server got while the host was as fast as for its rival's slices.
+    monkeypatch.setattr(api_list, "wait_quiet", lambda *a: 0.0)
+    _Tagged.seen = []
+    servers, httpds = [], []
+    group = subprocess.Popen(["sleep", "30"], start_new_session=True)  # a process group to read
+    try:
+        for tag in ("product", "anchor"):
+            httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Tagged)
+            httpd.tag = tag  # type: ignore[attr-defined]
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            httpds.append(httpd)
+            server = api_list.Server(tag, [], {}, httpd.server_address[1], tmp_path)
+            server.proc = group
+            servers.append(server)
+        args = argparse.Namespace(
+            database_url="postgresql+psycopg://postgres@127.0.0.1/bench",
+            paced_duration=0.8,
+            paced_slices=4,
+            connections=1,
+            quiet_cores=0.3,
+            quiet_timeout=0.0,
+        )
+        scenario = api_list.Scenario("s", "s", "/ok", paths=["/ok"])
+        runs = api_list.paced_runs(args, servers, scenario, "t", 100.0)
+    finally:
+        group.kill()
+        group.wait()
+        for httpd in httpds:
+            httpd.shutdown()
+            httpd.server_close()
+    turns = [tag for i, tag in enumerate(_Tagged.seen) if i == 0 or _Tagged.seen[i - 1] != tag]
+    assert turns == ["product", "anchor", "product", "anchor", "product"]  # A B B A A B B A
+    for name in ("product", "anchor"):
+        assert runs[name].requests == 80  # four slices of 0.2 s at 100/s, pooled
+        assert _Tagged.seen.count(name) == 80
+        assert runs[name].errors == 0
+        assert runs[name].rps_min == 100.0
