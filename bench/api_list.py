@@ -1026,7 +1026,7 @@ def paced_runs(
     seconds = args.paced_duration / max(1, args.paced_slices)
     pooled = {server.name: _Paced() for server in servers}
     for k in range(max(1, args.paced_slices)):
-        for server in servers if k % 2 == 0 else servers[::-1]:
+        for server in in_turn(servers, k):
             assert server.proc is not None
             wait_quiet(args.quiet_cores, args.quiet_timeout)
             before = cpu_snapshot(server.proc.pid, dbname)
@@ -1110,6 +1110,38 @@ def _pct(ordered: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * q / 100 + 0.5) - 1))]
 
 
+def in_turn(servers: list[Server], k: int) -> list[Server]:
+    """The order of the servers in round ``k``: A B, B A, A B, ... so that neither is always
+    measured first (the speed of a shared host drifts within minutes)."""
+    return servers if k % 2 == 0 else servers[::-1]
+
+
+def measured_runs(
+    args: argparse.Namespace,
+    servers: list[Server],
+    scenario: Scenario,
+    lua: Path,
+    seconds: float,
+    connections: int,
+    repeat: int,
+) -> dict[str, Run]:
+    """``repeat`` runs of each server on a quiet machine, the servers in turn (``in_turn``),
+    combined by their medians.
+
+    A run during which other processes took more than --quiet-cores is run
+    again (at most --retries times per sample; then the quietest is kept).
+    Repeating matters beyond noise: wrk opens its connections once, and how
+    gunicorn's workers happen to share them changes throughput from run to run.
+    """
+    samples: dict[str, list[Run]] = {server.name: [] for server in servers}
+    for k in range(repeat):
+        for server in in_turn(servers, k):
+            samples[server.name].append(
+                _quiet_sample(args, server, scenario, lua, seconds, connections)
+            )
+    return {name: combine(runs) for name, runs in samples.items()}
+
+
 def measured_run(
     args: argparse.Namespace,
     server: Server,
@@ -1119,33 +1151,35 @@ def measured_run(
     connections: int,
     repeat: int,
 ) -> Run:
-    """``repeat`` runs on a quiet machine, combined by their medians.
+    """``measured_runs`` of one server."""
+    return measured_runs(args, [server], scenario, lua, seconds, connections, repeat)[server.name]
 
-    A run during which other processes took more than --quiet-cores is run
-    again (at most --retries times per sample; then the quietest is kept).
-    Repeating matters beyond noise: wrk opens its connections once, and how
-    gunicorn's workers happen to share them changes throughput from run to run.
-    """
-    samples: list[Run] = []
-    for _ in range(repeat):
-        attempts: list[Run] = []
-        for attempt in range(args.retries + 1):
-            wait_quiet(args.quiet_cores, args.quiet_timeout)
-            r = run_wrk(args, server, scenario, lua, seconds, connections)
-            assert r is not None
-            attempts.append(r)
-            noisy = r.other_cores > args.quiet_cores
-            log(
-                f"{scenario.key:22} {server.name:8} c={connections:<3} {r.rps:7,.0f} req/s"
-                f"  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms  errors {r.errors}"
-                f"  workers {'/'.join(f'{c:.2f}' for c in r.worker_cores)} cores"
-                f"  other {r.other_cores:.2f}"
-                + ("  (noisy: again)" if noisy and attempt < args.retries else "")
-            )
-            if not noisy:
-                break
-        samples.append(min(attempts, key=lambda x: x.other_cores))
-    return combine(samples)
+
+def _quiet_sample(
+    args: argparse.Namespace,
+    server: Server,
+    scenario: Scenario,
+    lua: Path,
+    seconds: float,
+    connections: int,
+) -> Run:
+    attempts: list[Run] = []
+    for attempt in range(args.retries + 1):
+        wait_quiet(args.quiet_cores, args.quiet_timeout)
+        r = run_wrk(args, server, scenario, lua, seconds, connections)
+        assert r is not None
+        attempts.append(r)
+        noisy = r.other_cores > args.quiet_cores
+        log(
+            f"{scenario.key:22} {server.name:8} c={connections:<3} {r.rps:7,.0f} req/s"
+            f"  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms  errors {r.errors}"
+            f"  workers {'/'.join(f'{c:.2f}' for c in r.worker_cores)} cores"
+            f"  other {r.other_cores:.2f}"
+            + ("  (noisy: again)" if noisy and attempt < args.retries else "")
+        )
+        if not noisy:
+            break
+    return min(attempts, key=lambda x: x.other_cores)
 
 
 def combine(samples: list[Run]) -> Run:
@@ -1508,13 +1542,14 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
     for s in scenarios:
         lua = args.out / f"wrk_{s.key}.lua"
         write_lua(lua, token, s.paths)
-        for server in (product, anchor):
-            if args.warmup > 0:
+        if args.warmup > 0:
+            for server in (product, anchor):
                 run_wrk(args, server, s, lua, args.warmup, args.connections, measure=False)
-            for into, connections, seconds, repeat in passes:
-                into[(s.key, server.name)] = measured_run(
-                    args, server, s, lua, seconds, connections, repeat
-                )
+        for into, connections, seconds, repeat in passes:
+            for name, run in measured_runs(
+                args, [product, anchor], s, lua, seconds, connections, repeat
+            ).items():
+                into[(s.key, name)] = run
         if args.paced_share > 0:
             # Both servers get the same offered load: a share of what the anchor served.
             rate = args.paced_share * runs[(s.key, "anchor")].rps
