@@ -801,6 +801,37 @@ def cpu_snapshot(pgid: int, dbname: str) -> CpuSnapshot:
     return CpuSnapshot(group, db, busy, steal, time.monotonic())
 
 
+@dataclass
+class CpuUse:
+    """CPU seconds used between snapshots (summed over several pairs with ``add``)."""
+
+    elapsed: float = 0.0
+    app: float = 0.0  # the server's process group
+    db: float = 0.0
+    machine: float = 0.0
+    steal: float = 0.0
+    by_process: dict[int, float] = field(default_factory=dict)
+
+    def add(self, before: CpuSnapshot, after: CpuSnapshot) -> CpuUse:
+        self.elapsed += after.at - before.at
+        self.app += _delta(before.group, after.group)
+        self.db += _delta(before.db, after.db)
+        self.machine += (after.machine_busy - before.machine_busy) / _CLK
+        self.steal += (after.steal - before.steal) / _CLK
+        for pid, t in after.group.items():
+            used = (t - before.group.get(pid, 0)) / _CLK
+            self.by_process[pid] = self.by_process.get(pid, 0.0) + used
+        return self
+
+    def other_cores(self, client: float) -> float:
+        """Cores used by neither the server, PostgreSQL nor the client (CPU seconds)."""
+        return max(0.0, self.machine - self.app - self.db - client) / self.elapsed
+
+    def worker_cores(self) -> list[float]:
+        cores = (c / self.elapsed for c in self.by_process.values())
+        return sorted((round(c, 2) for c in cores if c >= 0.01), reverse=True)
+
+
 def _machine_ticks() -> tuple[int, int]:
     """(busy, steal) ticks of all CPUs: user nice system idle iowait irq softirq steal."""
     with open("/proc/stat") as fh:
@@ -886,14 +917,7 @@ def run_wrk(
     n = max(1, r["requests"])
     errors = sum(r[k] for k in ("status_errors", "connect_errors", "read_errors", "timeouts"))
     wrk_cpu = (wrk1.ru_utime + wrk1.ru_stime) - (wrk0.ru_utime + wrk0.ru_stime)
-    app_cpu, db_cpu = _delta(before.group, after.group), _delta(before.db, after.db)
-    machine = (after.machine_busy - before.machine_busy) / _CLK
-    elapsed = after.at - before.at
-    other = max(0.0, machine - app_cpu - db_cpu - wrk_cpu) / elapsed
-    per_process = [
-        (t - before.group.get(pid, 0)) / _CLK / elapsed for pid, t in after.group.items()
-    ]
-    workers = sorted((round(c, 2) for c in per_process if c >= 0.01), reverse=True)
+    use = CpuUse().add(before, after)
     (args.out / f"wrk_{scenario.key}_{server.name}_c{connections}.txt").write_text(done.stdout)
     return Run(
         scenario=scenario.key,
@@ -906,12 +930,12 @@ def run_wrk(
         max_ms=r["max_us"] / 1000,
         errors=errors,
         connections=connections,
-        app_cpu_ms_per_req=app_cpu * 1000 / n,
-        db_cpu_ms_per_req=db_cpu * 1000 / n,
+        app_cpu_ms_per_req=use.app * 1000 / n,
+        db_cpu_ms_per_req=use.db * 1000 / n,
         wrk_cpu_ms_per_req=wrk_cpu * 1000 / n,
-        other_cores=other,
-        steal_cores=(after.steal - before.steal) / _CLK / elapsed,
-        worker_cores=workers,
+        other_cores=use.other_cores(wrk_cpu),
+        steal_cores=use.steal / use.elapsed,
+        worker_cores=use.worker_cores(),
         rps_min=r["requests"] / (r["duration_us"] / 1e6),
         rps_max=r["requests"] / (r["duration_us"] / 1e6),
     )
@@ -1005,12 +1029,7 @@ class _Paced:
     latencies: list[float] = field(default_factory=list)
     failed: int = 0
     client_cpu: float = 0.0
-    elapsed: float = 0.0
-    app_cpu: float = 0.0
-    db_cpu: float = 0.0
-    machine: float = 0.0
-    steal: float = 0.0
-    per_process: dict[int, float] = field(default_factory=dict)  # CPU seconds by pid
+    cpu: CpuUse = field(default_factory=CpuUse)
 
 
 def paced_runs(
@@ -1038,14 +1057,7 @@ def paced_runs(
             acc.latencies += latencies
             acc.failed += failed
             acc.client_cpu += client_cpu
-            acc.elapsed += after.at - before.at
-            acc.app_cpu += _delta(before.group, after.group)
-            acc.db_cpu += _delta(before.db, after.db)
-            acc.machine += (after.machine_busy - before.machine_busy) / _CLK
-            acc.steal += (after.steal - before.steal) / _CLK
-            for pid, t in after.group.items():
-                used = (t - before.group.get(pid, 0)) / _CLK
-                acc.per_process[pid] = acc.per_process.get(pid, 0.0) + used
+            acc.cpu.add(before, after)
     return {name: _paced_result(args, scenario, name, acc, rate) for name, acc in pooled.items()}
 
 
@@ -1058,26 +1070,19 @@ def _paced_result(
         scenario=scenario.key,
         server=name,
         requests=n,
-        rps=n / acc.elapsed,
+        rps=n / acc.cpu.elapsed,
         p50_ms=_pct(ms, 50),
         p90_ms=_pct(ms, 90),
         p99_ms=_pct(ms, 99),
         max_ms=ms[-1],
         errors=acc.failed,
         connections=args.connections,
-        app_cpu_ms_per_req=acc.app_cpu * 1000 / n,
-        db_cpu_ms_per_req=acc.db_cpu * 1000 / n,
+        app_cpu_ms_per_req=acc.cpu.app * 1000 / n,
+        db_cpu_ms_per_req=acc.cpu.db * 1000 / n,
         wrk_cpu_ms_per_req=acc.client_cpu * 1000 / n,
-        other_cores=max(0.0, acc.machine - acc.app_cpu - acc.db_cpu - acc.client_cpu) / acc.elapsed,
-        steal_cores=acc.steal / acc.elapsed,
-        worker_cores=sorted(
-            (
-                round(c / acc.elapsed, 2)
-                for c in acc.per_process.values()
-                if c / acc.elapsed >= 0.01
-            ),
-            reverse=True,
-        ),
+        other_cores=acc.cpu.other_cores(acc.client_cpu),
+        steal_cores=acc.cpu.steal / acc.cpu.elapsed,
+        worker_cores=acc.cpu.worker_cores(),
         rps_min=rate,
         rps_max=rate,
     )
@@ -1140,19 +1145,6 @@ def measured_runs(
                 _quiet_sample(args, server, scenario, lua, seconds, connections)
             )
     return {name: combine(runs) for name, runs in samples.items()}
-
-
-def measured_run(
-    args: argparse.Namespace,
-    server: Server,
-    scenario: Scenario,
-    lua: Path,
-    seconds: float,
-    connections: int,
-    repeat: int,
-) -> Run:
-    """``measured_runs`` of one server."""
-    return measured_runs(args, [server], scenario, lua, seconds, connections, repeat)[server.name]
 
 
 def _quiet_sample(

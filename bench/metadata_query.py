@@ -54,7 +54,7 @@ from api_list import (  # noqa: E402
     conninfo,
     encode_param,
     log,
-    measured_run,
+    measured_runs,
     paced_runs,
     product_server,
     run_wrk,
@@ -387,13 +387,13 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
         write_lua(lua, token, s.paths)
         if args.warmup > 0:
             run_wrk(args, product, s, lua, args.warmup, args.connections, measure=False)
-        loaded[s.key] = measured_run(
-            args, product, s, lua, args.duration, args.connections, args.repeat
-        )
+        loaded[s.key] = measured_runs(
+            args, [product], s, lua, args.duration, args.connections, args.repeat
+        )["product"]
         if args.light_connections > 0:
-            light[s.key] = measured_run(
-                args, product, s, lua, args.light_duration, args.light_connections, 1
-            )
+            light[s.key] = measured_runs(
+                args, [product], s, lua, args.light_duration, args.light_connections, 1
+            )["product"]
         if args.paced_share > 0:
             rate = args.paced_share * loaded[s.key].rps
             paced[s.key] = paced_runs(args, [product], s, token, rate)["product"]
