@@ -688,13 +688,13 @@ def product_server(args: argparse.Namespace, out: Path) -> Server:
 
 
 def anchor_server(args: argparse.Namespace, out: Path, sql_path: Path) -> Server:
-    # The settings web/cli.py `_run_gunicorn` gives the product.
+    # The settings web/cli.py `_run_gunicorn` gives the product (its worker class and
+    # hooks: anchor_gunicorn.py).
     argv = [
         _venv_bin("gunicorn"),
         "--chdir", str(BENCH_DIR),
         "--bind", f"127.0.0.1:{args.anchor_port}",
         "--workers", str(args.workers),
-        "--worker-class", "gthread",
         "--threads", str(args.threads),
         "--graceful-timeout", "20",
         "--name", "supportgate-anchor",

@@ -47,10 +47,8 @@ class Settings(BaseSettings):
     api_workers: Annotated[int, Field(ge=1, le=64)] = 2
     api_threads: Annotated[int, Field(ge=1, le=256)] = 8
     # Requests on one keep-alive connection before the API answers `Connection: close`
-    # (0: no limit). A gunicorn worker keeps every connection it accepted, so without a
-    # limit one worker can end up holding all of a client pool's connections while the
-    # others idle; a new connection goes to whichever worker accepts it first, the least
-    # busy one (bench/RESULTS.md, api_list.py, eighth session).
+    # (0: no limit). A gunicorn worker keeps every connection it accepted; the client's
+    # next connection is placed again, on the worker holding fewest (web/balance.py).
     api_keepalive_requests: Annotated[int, Field(ge=0, le=1_000_000)] = 100
     # The live events server (`supportgate events`, a part of `serve`).
     events_host: str = "127.0.0.1"

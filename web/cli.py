@@ -151,19 +151,23 @@ def _run_gunicorn(
     from gunicorn.app.base import BaseApplication
 
     from web.app import create_app
+    from web.balance import balanced_worker
+
+    # gthread, with new connections spread evenly over the workers (web/balance.py).
+    worker_class, balance_hooks = balanced_worker(settings.api_workers)
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             self.cfg.set("bind", f"{settings.api_host}:{settings.api_port}")
             self.cfg.set("workers", settings.api_workers)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", worker_class)
             self.cfg.set("threads", settings.api_threads)
             self.cfg.set("graceful_timeout", 20)
             self.cfg.set("accesslog", None)
             self.cfg.set("proc_name", "supportgate-api")
             if settings.api_keepalive_requests:
                 self.cfg.set("pre_request", close_after(settings.api_keepalive_requests))
-            for name, hook in (extra_hooks or {}).items():
+            for name, hook in {**balance_hooks, **(extra_hooks or {})}.items():
                 self.cfg.set(name, hook)
 
         def load(self) -> Any:
