@@ -15,19 +15,23 @@ every so many requests, and a new connection again goes to whoever wakes first.
 
 :class:`BalancedThreadWorker` is gunicorn's gthread worker with one rule at
 accept: a worker that holds more connections than some other live worker
-steps aside for up to :data:`DEFER_SECONDS`, so that the other can take the
-waiting connection; when none has, or none does in that time, it accepts as
-before. Nothing is ever refused or dropped, and a worker with no fewer
-connections than its peers accepts at once. The workers' connection counts
-live in shared memory made before the fork (:class:`Counts`), one slot per
-live worker, handed out by the ``pre_fork`` hook and freed by ``child_exit``.
+takes the listening socket out of its poller for :data:`DEFER_SECONDS`
+(serving its own connections meanwhile), so that the other can take the
+waiting connection; if it is still waiting when the socket comes back, this
+worker accepts it. Nothing is ever refused or dropped, and a worker with no
+more connections than any peer accepts at once. The workers' connection
+counts live in shared memory made before the fork (:class:`Counts`), one slot
+per live worker, handed out by the ``pre_fork`` hook and freed by
+``child_exit``.
 """
 
 from __future__ import annotations
 
 import select
+import selectors
 import time
 from collections.abc import Callable
+from functools import partial
 from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
@@ -36,8 +40,7 @@ from gunicorn.workers.gthread import ThreadWorker
 # How long a busier worker leaves a waiting connection to a less busy one. A
 # woken worker whose threads are all running Python needs the GIL first, which
 # its threads hand over every 5 ms (sys.getswitchinterval()).
-DEFER_SECONDS = 0.010
-_POLL_SECONDS = 0.0005
+DEFER_SECONDS = 0.020
 
 UNUSED = -1
 
@@ -72,6 +75,10 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     counts: Counts | None = None  # set on the class by :func:`balanced_worker`
     balance_slot: int | None = None
+    # A listening socket taken out of this worker's poller while a peer takes
+    # what waits on it: (listener, server, when it goes back).
+    _parked: tuple[Any, Any, float] | None = None
+    _accept_next = False
 
     # gthread counts its connections in ``nr_conns`` (+1 at accept, -1 wherever
     # one closes); a property publishes each change to the shared counts.
@@ -86,15 +93,35 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.counts.values[self.balance_slot] = value
 
     def accept(self, server: Any, listener: Any) -> None:
-        if self._should_defer():
-            deadline = time.monotonic() + DEFER_SECONDS
-            while time.monotonic() < deadline:
-                time.sleep(_POLL_SECONDS)
-                if not _pending(listener):
-                    return  # another worker took it
-                if not self._should_defer():
-                    break
-        super().accept(server, listener)
+        """gthread's accept, unless a peer holds fewer connections: then the listener
+        leaves this worker's poller for :data:`DEFER_SECONDS` (this worker goes on
+        serving its own connections meanwhile). A connection still waiting when it
+        comes back is accepted here, whatever the counts say."""
+        if self._accept_next or self._parked is not None or not self._should_defer():
+            self._accept_next = False
+            super().accept(server, listener)
+            return
+        with self._lock:
+            self.poller.unregister(listener)
+        self._parked = (listener, server, time.monotonic() + DEFER_SECONDS)
+
+    def run(self) -> None:
+        # gthread waits up to a second in its poller; a parked listener must come back
+        # after DEFER_SECONDS even when nothing else wakes this worker.
+        self.poller = _WakeForParked(self.poller, self)
+        super().run()
+
+    def murder_keepalived(self) -> None:
+        # gthread's main loop calls this after every wake-up (at least once a second).
+        super().murder_keepalived()
+        parked = self._parked
+        if parked is not None and time.monotonic() >= parked[2]:
+            listener, server, _ = parked
+            self._parked = None
+            # Still waiting after its time: no peer took it, so this worker does.
+            self._accept_next = _pending(listener)
+            with self._lock:
+                self.poller.register(listener, selectors.EVENT_READ, partial(self.accept, server))
 
     def _should_defer(self) -> bool:
         if self.counts is None or self.balance_slot is None:
@@ -103,8 +130,26 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
         return fewest is not None and fewest < self._nr_conns
 
 
+class _WakeForParked:
+    """gthread's poller, whose ``select`` returns by the time a parked listener is due."""
+
+    def __init__(self, poller: selectors.BaseSelector, worker: BalancedThreadWorker) -> None:
+        self._poller = poller
+        self._worker = worker
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        parked = self._worker._parked
+        if parked is not None:
+            due = max(0.0, parked[2] - time.monotonic())
+            timeout = due if timeout is None else min(timeout, due)
+        return self._poller.select(timeout)
+
+    def __getattr__(self, name: str) -> Any:  # register, unregister, close, ...
+        return getattr(self._poller, name)
+
+
 def _pending(listener: Any) -> bool:
-    """Whether a connection still waits on the listening socket (readable)."""
+    """Whether a connection waits on the listening socket (it is readable)."""
     poller = select.poll()  # not select.select: no limit on the descriptor's number
     poller.register(listener, select.POLLIN)
     return bool(poller.poll(0))
