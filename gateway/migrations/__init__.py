@@ -16,6 +16,7 @@ MIGRATION_ONLY_INDEXES = frozenset(
         "ix_ticket_metadata_key_value_md5",
         "ix_ticket_metadata_key_value",
         "ix_tickets_custom_fields",
+        "ix_tickets_metadata_doc",
     }
 )
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     Uuid,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -26,8 +27,9 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Ticket(Base):
-    """A ticket. On PostgreSQL the migration also adds a GIN index
-    (``jsonb_path_ops``) on ``custom_fields`` for ``cf.<key>`` lookups."""
+    """A ticket. On PostgreSQL the migrations also add GIN indexes
+    (``jsonb_path_ops``) on ``custom_fields`` for ``cf.<key>`` lookups and on
+    ``metadata_doc`` for lists with several ``metadata.<key>`` filters."""
 
     __tablename__ = "tickets"
     __table_args__ = (
@@ -53,6 +55,12 @@ class Ticket(Base):
         ForeignKey("users.id", ondelete="SET NULL")
     )
     custom_fields: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # {key: value} of the ticket's ticket_metadata rows, kept equal to them by the
+    # database's triggers (migration 0010), never written here; on PostgreSQL under a
+    # GIN index for lists with several metadata filters (gateway/tickets/listing.py).
+    metadata_doc: Mapped[dict[str, str]] = mapped_column(
+        JSONType, server_default=sql_text("'{}'"), deferred=True
+    )
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     # Internal notes among message_count; customers are shown the difference.
     note_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pytest
 
@@ -282,3 +283,52 @@ def test_only_statements_of_value_blind_filters_are_prepared(db, admin, params, 
             list_tickets_out(s, principal, query, extra)
         new = len(_prepared(s)) - before
     assert (new > 0) is prepared, (params, new)
+
+
+def test_several_metadata_filters_and_a_custom_field_combined(db, admin, make_ticket):
+    """Two or more ``metadata.`` filters, or one beside ``cf.``, are looked up in the
+    ticket's metadata document on PostgreSQL (migration 0010): the same answers as one
+    lookup per key, with the core filters and across pages."""
+    with db.transaction() as s:
+        s.add(CustomFieldDefinition(key="tier", label="Tier", type="text"))
+    rng = random.Random(7)
+    made = []
+    for i in range(30):
+        metadata = {"region": rng.choice(["eu", "us"]), "source": rng.choice(["mail", "web"])}
+        if i % 3 == 0:
+            metadata["crm.id"] = f'C-{i} "q"'
+        t = make_ticket(
+            metadata=metadata,
+            custom_fields={"tier": rng.choice(["pro", "free"])},
+            priority=rng.choice(["low", "high"]),
+        )
+        made.append(t)
+
+    def expect(**want: str) -> set[str]:
+        found = set()
+        for t in made:
+            meta = t["metadata"]
+            fields = {f"metadata.{k}": v for k, v in meta.items()}
+            fields |= {f"cf.{k}": v for k, v in t["custom_fields"].items()}
+            fields["priority"] = t["priority"]
+            if all(fields.get(k) == v for k, v in want.items()):
+                found.add(t["id"])
+        return found
+
+    for want in (
+        {"metadata.region": "eu", "metadata.source": "web"},
+        {"metadata.region": "us", "metadata.source": "mail", "priority": "high"},
+        {"metadata.region": "eu", "cf.tier": "pro"},
+        {"metadata.region": "us", "metadata.source": "web", "cf.tier": "free"},
+        {"metadata.crm.id": 'C-3 "q"', "metadata.region": made[3]["metadata"]["region"]},
+        {"metadata.region": "eu", "metadata.source": "nowhere"},
+    ):
+        query = "&".join(f"{k}={quote(v)}" for k, v in want.items())
+        seen = walk(admin, f"{query}&sort=created_at", limit=4)
+        assert len(seen) == len(set(seen))
+        assert set(seen) == expect(**want), want
+    # The document follows a change of the rows.
+    target = made[0]
+    admin.put(f"/api/v1/tickets/{target['id']}/metadata/source", json={"value": "phone"})
+    region = target["metadata"]["region"]
+    assert ids(admin, f"metadata.region={region}&metadata.source=phone") == [target["id"]]

@@ -246,3 +246,73 @@ def test_definition_and_policy_changes_are_audited(admin, db):
         assert entries[1].details == {"label": "Support tier"}
         assert entries[3].details["new"]["purge_deleted_after_days"] == 9
         assert all(str(e.actor_id) == admin.id for e in entries)
+
+
+def _docs(db) -> dict[str, dict[str, str]]:
+    """Each ticket's metadata document, as the database holds it (migration 0010)."""
+    from sqlalchemy import text
+
+    with db.transaction() as s:
+        rows = s.execute(text("SELECT id, metadata_doc FROM tickets")).all()
+    docs = {}
+    for ticket_id, doc in rows:
+        if isinstance(doc, str):  # SQLite hands JSON back as text
+            import json
+
+            doc = json.loads(doc)
+        docs[str(ticket_id).replace("-", "")] = doc
+    return docs
+
+
+def _doc_of(db, ticket: dict) -> dict[str, str]:
+    return _docs(db)[ticket["id"].replace("-", "")]
+
+
+def _check_doc_follows_the_rows(client, headers, db) -> None:
+    r = client.post(
+        "/api/v1/tickets",
+        headers=headers,
+        json={"title": "doc", "metadata": {"crm.id": "A-1", "plan": "gold", "q": 'say "hi"'}},
+    )
+    t = r.get_json()
+    base = f"/api/v1/tickets/{t['id']}/metadata"
+    assert _doc_of(db, t) == {"crm.id": "A-1", "plan": "gold", "q": 'say "hi"'}
+    client.put(f"{base}/plan", headers=headers, json={"value": "silver"})
+    client.put(f"{base}/region", headers=headers, json={"value": "ëu-1"})
+    assert client.delete(f"{base}/crm.id", headers=headers).status_code == 204
+    expected = {"plan": "silver", "q": 'say "hi"', "region": "ëu-1"}
+    assert client.get(base, headers=headers).get_json() == expected
+    assert _doc_of(db, t) == expected
+    # Any writer of the rows, not only the API's services: the triggers keep it.
+    from sqlalchemy import text
+
+    with db.transaction() as s:
+        s.execute(text("UPDATE ticket_metadata SET key = 'tier' WHERE key = 'plan'"))
+    expected = {"q": 'say "hi"', "region": "ëu-1", "tier": "silver"}
+    assert client.get(base, headers=headers).get_json() == expected
+    assert _doc_of(db, t) == expected
+    other = client.post("/api/v1/tickets", headers=headers, json={"title": "none"}).get_json()
+    assert _doc_of(db, other) == {}
+
+
+def test_metadata_document_follows_the_rows_on_postgresql(client, admin, db):
+    _check_doc_follows_the_rows(client, {"Authorization": f"Bearer {admin.token}"}, db)
+
+
+def test_metadata_document_follows_the_rows_on_sqlite(sqlite_app):
+    from gateway.users.services import add_user_cli
+
+    app, db = sqlite_app
+    with db.transaction() as s:
+        _, token = add_user_cli(s, "root@example.com", "admin", "Root", None)
+    _check_doc_follows_the_rows(app.test_client(), {"Authorization": f"Bearer {token}"}, db)
+
+
+def test_purging_a_ticket_with_metadata_leaves_the_others_documents(admin, make_ticket, db):
+    keep = make_ticket(metadata={"a": "1"})
+    gone = make_ticket(metadata={"a": "1", "b": "2"})
+    with db.transaction() as s:
+        from sqlalchemy import text
+
+        s.execute(text("DELETE FROM tickets WHERE id = :id"), {"id": gone["id"]})
+    assert _docs(db) == {keep["id"].replace("-", ""): {"a": "1"}}
