@@ -154,11 +154,17 @@ def _splits(port: int, rounds: int, size: int = 8) -> list[tuple[int, ...]]:
     return splits
 
 
+def _excess(splits: list[tuple[int, ...]], size: int = 8) -> float:
+    """How many connections the busier worker held beyond an even share, on average."""
+    return sum(split[0] - size // 2 for split in splits) / len(splits)
+
+
 def _assert_balanced(splits: list[tuple[int, ...]]) -> None:
     # A worker may be slow to wake now and then (a loaded CI machine), and after its
-    # wait the busier one accepts: never more than one connection off an even split.
-    assert all(split[0] <= 5 for split in splits), splits
-    assert sum(split == (4, 4) for split in splits) >= len(splits) // 2, splits
+    # wait the busier one accepts: now and then one connection off an even split.
+    # (Plain gthread: 1.4 to 3.1 on average here, 7 or 8 of 8 in some rounds.)
+    assert all(split[0] <= 6 for split in splits), splits
+    assert _excess(splits) <= 0.5, splits
 
 
 @pytest.fixture
@@ -172,7 +178,7 @@ def test_a_pool_opened_at_once_is_split_evenly_between_the_workers(
     balanced: GunicornUnderTest,
 ) -> None:
     _wait_for_workers(balanced.proc.pid, 2)
-    splits = _splits(balanced.port, rounds=6)
+    splits = _splits(balanced.port, rounds=12)
     _assert_balanced(splits)
 
 
@@ -184,7 +190,7 @@ def test_a_replaced_worker_takes_its_share(balanced: GunicornUnderTest) -> None:
     workers = _wait_for_workers(balanced.proc.pid, 2, exclude={first})
     assert second in workers
     time.sleep(0.5)  # the replacement is up and polling
-    _assert_balanced(_splits(balanced.port, rounds=6))
+    _assert_balanced(_splits(balanced.port, rounds=12))
 
 
 def test_plain_gthread_is_what_this_guards_against() -> None:
@@ -192,7 +198,7 @@ def test_plain_gthread_is_what_this_guards_against() -> None:
     server = GunicornUnderTest("plain")
     try:
         _wait_for_workers(server.proc.pid, 2)
-        splits = _splits(server.port, rounds=6)
+        splits = _splits(server.port, rounds=12)
     finally:
         server.stop()
-    assert sum(split[0] >= 6 for split in splits) >= 2, splits
+    assert _excess(splits) >= 0.75, splits
