@@ -51,28 +51,19 @@ $$
 """
 
 # SQLite: keys are [a-z0-9_.-] (the API checks them), quoted in the JSON path.
-SQLITE_TRIGGERS = (
-    """
-    CREATE TRIGGER ticket_metadata_doc_insert AFTER INSERT ON ticket_metadata BEGIN
-        UPDATE tickets SET metadata_doc = json_set(metadata_doc, '$."' || NEW.key || '"', NEW.value)
-        WHERE id = NEW.ticket_id;
-    END
-    """,
-    """
-    CREATE TRIGGER ticket_metadata_doc_update AFTER UPDATE ON ticket_metadata BEGIN
-        UPDATE tickets SET metadata_doc = json_remove(metadata_doc, '$."' || OLD.key || '"')
-        WHERE id = OLD.ticket_id;
-        UPDATE tickets SET metadata_doc = json_set(metadata_doc, '$."' || NEW.key || '"', NEW.value)
-        WHERE id = NEW.ticket_id;
-    END
-    """,
-    """
-    CREATE TRIGGER ticket_metadata_doc_delete AFTER DELETE ON ticket_metadata BEGIN
-        UPDATE tickets SET metadata_doc = json_remove(metadata_doc, '$."' || OLD.key || '"')
-        WHERE id = OLD.ticket_id;
-    END
-    """,
+_SQLITE_REMOVE_OLD = (
+    "UPDATE tickets SET metadata_doc = json_remove(metadata_doc, '$.\"' || OLD.key || '\"')"
+    " WHERE id = OLD.ticket_id;"
 )
+_SQLITE_SET_NEW = (
+    "UPDATE tickets SET metadata_doc = json_set(metadata_doc, '$.\"' || NEW.key || '\"', NEW.value)"
+    " WHERE id = NEW.ticket_id;"
+)
+SQLITE_TRIGGERS = {
+    "insert": _SQLITE_SET_NEW,
+    "update": _SQLITE_REMOVE_OLD + " " + _SQLITE_SET_NEW,
+    "delete": _SQLITE_REMOVE_OLD,
+}
 
 
 def upgrade() -> None:
@@ -108,8 +99,11 @@ def upgrade() -> None:
             " FROM ticket_metadata WHERE ticket_id = tickets.id)"
             " WHERE id IN (SELECT ticket_id FROM ticket_metadata)"
         )
-        for trigger in SQLITE_TRIGGERS:
-            op.execute(trigger)
+        for event, body in SQLITE_TRIGGERS.items():
+            op.execute(
+                f"CREATE TRIGGER ticket_metadata_doc_{event} AFTER {event.upper()}"
+                f" ON ticket_metadata BEGIN {body} END"
+            )
 
 
 def downgrade() -> None:
@@ -118,7 +112,7 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS ticket_metadata_doc_sync()")
         op.execute("DROP INDEX IF EXISTS ix_tickets_metadata_doc")
     else:
-        for name in ("insert", "update", "delete"):
-            op.execute(f"DROP TRIGGER IF EXISTS ticket_metadata_doc_{name}")
+        for event in SQLITE_TRIGGERS:
+            op.execute(f"DROP TRIGGER IF EXISTS ticket_metadata_doc_{event}")
     with op.batch_alter_table("tickets") as batch:
         batch.drop_column("metadata_doc")
