@@ -60,6 +60,8 @@ sys.path.insert(0, str(REPO))  # runnable as `python bench/api_list.py` from any
 import psycopg  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from gateway.config import Settings  # noqa: E402
+
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/sg_bench"
 MARKER = "supportgate_bench"
 SEED_FORMAT = 2  # bump when the generated data changes, so --reuse seeds anew
@@ -70,6 +72,8 @@ TAG_X_SHARE = 0.05
 LIST_P99_MS = 50.0
 MIN_RATIO = 0.70
 RATIO_SCENARIOS = ("by_id", "list_status_priority")
+# Both servers run with the product's default threads per worker unless told otherwise.
+PRODUCT_THREADS: int = Settings.model_fields["api_threads"].default
 
 
 def log(message: str) -> None:
@@ -1420,7 +1424,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads")
     p.add_argument("--wrk", default="wrk", help="the wrk binary")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers of both servers")
-    p.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
+    p.add_argument(
+        "--threads", type=int, default=PRODUCT_THREADS, help="gunicorn threads per worker"
+    )
     p.add_argument(
         "--light-connections",
         type=int,

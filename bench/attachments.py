@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # gateway.config
 
 from _harness import (
     BenchError,
@@ -56,6 +57,8 @@ from _harness import (
     venv_bin,
     wait_port,
 )
+
+from gateway.config import Settings
 
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
@@ -424,7 +427,12 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=25)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=Settings.model_fields["api_threads"].default,
+        help="threads per worker (default: the product's)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "attachments"))
     parser.add_argument("--results", help="update this markdown file's section (RESULTS.md)")
     parser.add_argument("--date", default=time.strftime("%Y-%m-%d"))

@@ -46,6 +46,7 @@ sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
 import api_list  # noqa: E402
 import psycopg  # noqa: E402
 from api_list import (  # noqa: E402
+    PRODUCT_THREADS,
     BenchError,
     Run,
     Scenario,
@@ -318,7 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--wrk", default="wrk")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    p.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
+    p.add_argument(
+        "--threads", type=int, default=PRODUCT_THREADS, help="gunicorn threads per worker"
+    )
     p.add_argument("--quiet-cores", type=float, default=0.3)
     p.add_argument("--quiet-timeout", type=float, default=120.0)
     p.add_argument("--retries", type=int, default=1)

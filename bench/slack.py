@@ -63,6 +63,7 @@ from bench._harness import (
     venv_bin,
     wait_port,
 )
+from gateway.config import Settings
 
 MARKER = "supportgate-bench-slack"
 SUPPORT = "help@bench.example.com"
@@ -328,7 +329,9 @@ def main() -> int:
     parser.add_argument("--tasks", choices=("celery", "embedded"), default="celery")
     parser.add_argument("--worker-concurrency", type=int, default=2)
     parser.add_argument("--api-workers", type=int, default=2)
-    parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument(
+        "--api-threads", type=int, default=Settings.model_fields["api_threads"].default
+    )
     parser.add_argument("--connections", type=int, default=32, help="load threads")
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     parser.add_argument(

@@ -45,7 +45,11 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: Port = 8000
     api_workers: Annotated[int, Field(ge=1, le=64)] = 2
-    api_threads: Annotated[int, Field(ge=1, le=256)] = 8
+    # Threads per API worker. A worker runs Python on one core (the GIL); its threads
+    # overlap waits on the database. 4, not 8: with 8 connections per worker, 8 threads
+    # spent ~15 % more CPU per request handing the GIL to one another (twice the futex
+    # calls per request), and served fewer requests (bench/RESULTS.md, 2026-11-28).
+    api_threads: Annotated[int, Field(ge=1, le=256)] = 4
     # Requests on one keep-alive connection before the API answers `Connection: close`
     # (0: no limit). A gunicorn worker keeps every connection it accepted; the client's
     # next connection is placed again, on the worker holding fewest (web/balance.py).
