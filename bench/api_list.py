@@ -897,6 +897,10 @@ class Run:
     rps_min: float = 0.0
     rps_max: float = 0.0
     samples: int = 1
+    # Paced runs: the host's speed meanwhile (see HostMeter): the CPU time of a fixed
+    # pure-Python loop, µs, median and 90th percentile over the run's slices.
+    host_loop_us_p50: float = 0.0
+    host_loop_us_p90: float = 0.0
 
 
 def run_wrk(
@@ -1034,6 +1038,47 @@ async def _paced_requests(
     return latencies, failed, cpu
 
 
+# A fixed pure-Python loop, timed in the thread's CPU time every 50 ms by a process of its
+# own (about 1 % of a core). CPU time leaves out being preempted by the servers: what moves
+# it is the speed the host gives a core (a shared physical core, frequency). On a quiet
+# 2-vCPU VM this was seen to drift by 2x within a second, in runs of tens of milliseconds:
+# an open-loop run near a server's limit backlogs in such a run, so each paced result
+# carries the meter's reading of its own slices.
+_HOST_METER = """
+import sys, time
+while True:
+    c = time.thread_time()
+    s = 0
+    for i in range(3000):
+        s += i
+    sys.stdout.write(f"{(time.thread_time() - c) * 1e6:.0f}\\n")
+    sys.stdout.flush()
+    time.sleep(0.05)
+"""
+
+
+class HostMeter:
+    """``with HostMeter() as meter:`` ... then ``meter.samples``: the loop's CPU µs."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> HostMeter:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _HOST_METER], stdout=subprocess.PIPE, text=True
+        )
+        assert self._proc.stdout is not None
+        self._proc.stdout.readline()  # started: its start-up is not the run's
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=10)
+        self.samples = [float(x) for x in out.split()]
+
+
 @dataclass
 class _Paced:
     """What the slices of one server's paced run add up to."""
@@ -1042,6 +1087,7 @@ class _Paced:
     failed: int = 0
     client_cpu: float = 0.0
     cpu: CpuUse = field(default_factory=CpuUse)
+    host_loop_us: list[float] = field(default_factory=list)
 
 
 def paced_runs(
@@ -1061,11 +1107,15 @@ def paced_runs(
             assert server.proc is not None
             wait_quiet(args.quiet_cores, args.quiet_timeout)
             before = cpu_snapshot(server.proc.pid, dbname)
-            latencies, failed, client_cpu = asyncio.run(
-                _paced_requests(server.port, token, scenario.paths, rate, seconds, args.connections)
-            )
+            with HostMeter() as meter:
+                latencies, failed, client_cpu = asyncio.run(
+                    _paced_requests(
+                        server.port, token, scenario.paths, rate, seconds, args.connections
+                    )
+                )
             after = cpu_snapshot(server.proc.pid, dbname)
             acc = pooled[server.name]
+            acc.host_loop_us += meter.samples
             acc.latencies += latencies
             acc.failed += failed
             acc.client_cpu += client_cpu
@@ -1098,10 +1148,14 @@ def _paced_result(
         rps_min=rate,
         rps_max=rate,
     )
+    if acc.host_loop_us:
+        loop = sorted(acc.host_loop_us)
+        r.host_loop_us_p50, r.host_loop_us_p90 = _pct(loop, 50), _pct(loop, 90)
     log(
         f"{scenario.key:22} {name:8} paced {rate:7,.0f}/s  p50 {r.p50_ms:6.1f} ms"
         f"  p99 {r.p99_ms:6.1f} ms  max {r.max_ms:6.1f} ms  errors {r.errors}"
-        f"  other {r.other_cores:.2f}"
+        f"  other {r.other_cores:.2f}  host loop p50/p90 {r.host_loop_us_p50:.0f}"
+        f"/{r.host_loop_us_p90:.0f} us"
     )
     return r
 
@@ -1357,8 +1411,9 @@ def render(
         w(
             f"\nPaced: {paced_share:.0%} of the anchor's req/s above, offered to both servers"
             f" open loop over {c} connections; latency from each request's due time:\n\n"
-            "| scenario | req/s offered | product p50 ms | p99 ms | max ms "
-            "| anchor p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+            "| scenario | req/s offered | product p50 ms | p99 ms | max ms | host loop µs "
+            "| anchor p50 ms | p99 ms | max ms | host loop µs |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         )
         for s in scenarios:
             p, a = paced.get((s.key, "product")), paced.get((s.key, "anchor"))
@@ -1366,8 +1421,14 @@ def render(
                 continue
             cells = [s.label, f"{p.rps_min:,.0f}"]
             for r in (p, a):
-                cells += [f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}"] if r else []
+                if r:
+                    cells += [f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}"]
+                    cells += [f"{r.host_loop_us_p50:.0f} / {r.host_loop_us_p90:.0f}"]
             w("| " + " | ".join(cells) + " |\n")
+        w(
+            "\nHost loop: CPU µs of a fixed pure-Python loop timed every 50 ms during the"
+            " paced slices, median / 90th percentile (higher: a slower host).\n"
+        )
     w(
         "\nCPU per request under load, ms (app: the server's processes; db: PostgreSQL; "
         "wrk: the load generator); CPU of each server process (cores); "

@@ -420,8 +420,8 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
         "| scenario | bare SELECT p50 / p99 ms "
         f"| c={args.light_connections} req/s | p50 ms | p99 ms "
         f"| c={args.connections} req/s | p50 ms | p99 ms "
-        f"| paced req/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| paced req/s | p50 ms | p99 ms | host loop µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in items:
         b, lo, hi, pc = bare[s.key], light.get(s.key), loaded[s.key], paced.get(s.key)
@@ -432,6 +432,7 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
                 continue
             rate = r.rps_min if r is pc else r.rps  # paced: the rate offered
             cells += [f"{rate:,.0f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}"]
+        cells += [f"{pc.host_loop_us_p50:.0f} / {pc.host_loop_us_p90:.0f}" if pc else "-"]
         lines.append("| " + " | ".join(cells) + " |")
         # The p99 is a target at a stated load: one connection (service time) and the paced
         # run. wrk's 16 connections keep two cores saturated, so their p99 is the length of
@@ -453,7 +454,9 @@ def _main(args: argparse.Namespace, servers: list[Server]) -> int:
         "\n".join(lines)
         + (
             f"\n\nPaced: {args.paced_share:.0%} of the c={args.connections} req/s, open loop over"
-            f" {args.connections} connections, latency from each request's due time."
+            f" {args.connections} connections, latency from each request's due time. Host"
+            " loop: CPU µs of a fixed pure-Python loop timed every 50 ms meanwhile, median /"
+            " 90th percentile (higher: a slower host; api_list.HostMeter)."
             if paced
             else ""
         )

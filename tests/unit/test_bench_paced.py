@@ -142,3 +142,12 @@ def test_paced_runs_take_the_servers_in_turn_and_pool_the_slices(
         assert _Tagged.seen.count(name) == 80
         assert runs[name].errors == 0
         assert runs[name].rps_min == 100.0
+        # The host meter ran during the slices (one reading per 50 ms or so).
+        assert 0 < runs[name].host_loop_us_p50 <= runs[name].host_loop_us_p90
+
+
+def test_the_host_meter_reads_every_50_ms_while_it_runs() -> None:
+    with api_list.HostMeter() as meter:
+        time.sleep(0.5)
+    assert 5 <= len(meter.samples) <= 12
+    assert all(x > 0 for x in meter.samples)
