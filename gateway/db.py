@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -311,5 +311,87 @@ class Database:
         finally:
             session.close()
 
+    @contextmanager
+    def read_transaction(self) -> Iterator[Session]:
+        """A unit of work for a read request: a :class:`ReadSession` (see there).
+
+        Committed on success like :meth:`transaction` (a read may still write:
+        the token's ``last_used_at``), rolled back on any exception.
+        """
+        with self.engine.connect() as conn:
+            reader = ReadSession(self, conn)
+            try:
+                conn.begin()
+                yield cast(Session, reader)
+                reader.commit_all()
+            except BaseException:
+                reader.rollback_all()
+                raise
+            finally:
+                reader.close_all()
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class ReadSession:
+    """What a read request (GET) gets for a ``session``: a connection first, a Session if asked.
+
+    Most reads need nothing but ``session.connection()`` (Core statements and
+    :class:`DriverQuery`) and ``session.get_bind().dialect``; for them an ORM
+    Session's own bookkeeping (its transaction object, identity map, flush
+    check, events at commit and close) is about a tenth of the CPU time of a
+    ticket read. So this hands out the pooled connection, in its transaction,
+    directly; any other attribute (``execute``, ``get``, ``scalars``, ``add``,
+    ``info``...) opens a real Session from the same factory (its event
+    listeners included) on that connection and transaction at first use.
+
+    ``get_bind()`` answers the connection, not the engine: callers read its
+    ``dialect``. At the end the Session's changes are flushed, the connection
+    committed, and only then the Session's own commit runs (it does not
+    commit the connection it joined: ``join_transaction_mode``
+    ``rollback_only``), so ``after_commit`` listeners such as the outbox's
+    hand-over still run after the data is committed.
+    """
+
+    def __init__(self, database: Database, conn: Connection) -> None:
+        self._database = database
+        self._conn = conn
+        self._orm: Session | None = None
+
+    def connection(self) -> Connection:
+        return self._conn
+
+    def get_bind(self) -> Connection:
+        return self._conn
+
+    @property
+    def orm_session(self) -> Session | None:
+        """The real Session, if something asked for one (None otherwise)."""
+        return self._orm
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._orm is None:
+            self._orm = self._database.sessions(
+                bind=self._conn, join_transaction_mode="rollback_only"
+            )
+        return getattr(self._orm, name)
+
+    def commit_all(self) -> None:
+        if self._orm is not None:
+            self._orm.flush()
+        self._conn.commit()
+        if self._orm is not None:
+            self._orm.commit()
+
+    def rollback_all(self) -> None:
+        if self._orm is not None:
+            self._orm.rollback()
+        if self._conn.in_transaction():
+            self._conn.rollback()
+
+    def close_all(self) -> None:
+        if self._orm is not None:
+            self._orm.close()

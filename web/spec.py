@@ -349,7 +349,9 @@ def endpoint(
                 _reject_nul(name, value)
             if upload is not None:
                 return to_response(_run_upload(view, spec, ctx, path_args), spec)
-            with ctx.db.transaction() as session:
+            read = request.method in ("GET", "HEAD")
+            unit = ctx.db.read_transaction() if read else ctx.db.transaction()
+            with unit as session:
                 kwargs: dict[str, Any] = {"session": session}
                 principal: Principal | None = None
                 if not public:
