@@ -340,11 +340,12 @@ class ReadSession:
     Most reads need nothing but ``session.connection()`` (Core statements and
     :class:`DriverQuery`) and ``session.get_bind().dialect``; for them an ORM
     Session's own bookkeeping (its transaction object, identity map, flush
-    check, events at commit and close) is about a tenth of the CPU time of a
-    ticket read. So this hands out the pooled connection, in its transaction,
-    directly; any other attribute (``execute``, ``get``, ``scalars``, ``add``,
-    ``info``...) opens a real Session from the same factory (its event
-    listeners included) on that connection and transaction at first use.
+    check, events at commit and close) was 6-10 % of the CPU time of a ticket
+    read on the bench host (bench/RESULTS.md). So this hands out the pooled
+    connection, in its transaction, directly; any other attribute
+    (``execute``, ``get``, ``scalars``, ``add``, ``info``...) opens a real
+    Session from the same factory (its event listeners included) on that
+    connection and transaction at first use.
 
     ``get_bind()`` answers the connection, not the engine: callers read its
     ``dialect``. At the end the Session's changes are flushed, the connection
