@@ -342,14 +342,14 @@ def endpoint(
     def decorator(view: Callable[..., ViewResult]) -> Callable[..., Response]:
         @wraps(view)
         def wrapper(**path_args: Any) -> Response:
-            from web.auth import authenticate_request
+            from web.auth import SAFE_METHODS, authenticate_request
 
             ctx = current_app.extensions["supportgate"]
             for name, value in path_args.items():
                 _reject_nul(name, value)
             if upload is not None:
                 return to_response(_run_upload(view, spec, ctx, path_args), spec)
-            read = request.method in ("GET", "HEAD")
+            read = request.method in SAFE_METHODS
             unit = ctx.db.read_transaction() if read else ctx.db.transaction()
             with unit as session:
                 kwargs: dict[str, Any] = {"session": session}

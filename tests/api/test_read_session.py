@@ -72,7 +72,8 @@ def test_a_read_that_needs_the_orm_gets_one_session(
     admin: Caller, make_ticket: Any, counted: CountingSessions
 ) -> None:
     ticket = make_ticket()
-    admin.post(f"/api/v1/tickets/{ticket['id']}/messages", json={"body": "Hello"})
+    posted = admin.post(f"/api/v1/tickets/{ticket['id']}/messages", json={"body": "Hello"})
+    assert posted.status_code == 201, posted.get_json()
     counted.made = 0
     response = admin.get(f"/api/v1/tickets/{ticket['id']}/messages")
     assert response.status_code == 200
