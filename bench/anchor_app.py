@@ -21,7 +21,8 @@ It then builds the same JSON document as the product (``ticket_rows_out`` of
 ``gateway/tickets/services.py``, the page and ``next_cursor`` of
 ``gateway/tickets/listing.py``) and returns it. Nothing else: no ORM, no
 SQLAlchemy, no pydantic, no metrics, no rate limiter. The benchmark checks,
-before any load, that both servers return byte-identical bodies.
+before any load, that both servers return the same JSON documents (the product's
+are compact, from orjson; the anchor's have the stdlib's spaces).
 
 Run by the benchmark as ``gunicorn --chdir bench 'anchor_app:create_app()'``.
 """

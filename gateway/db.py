@@ -25,6 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+from gateway import jsoncodec
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -170,7 +172,9 @@ POOL_RECYCLE_SECONDS = 1800
 
 def make_engine(url: str, *, pool_size: int = 5, null_pool: bool = False) -> Engine:
     """Create an engine with the settings each backend needs."""
-    kwargs: dict[str, Any] = {"future": True}
+    # JSON columns decoded by orjson, exactly as json.loads would (gateway/jsoncodec.py);
+    # on PostgreSQL this is psycopg's loader, so the driver-level reads use it too.
+    kwargs: dict[str, Any] = {"future": True, "json_deserializer": jsoncodec.loads}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         if null_pool:

@@ -27,6 +27,7 @@ from gateway.db import Database
 from gateway.events import watch_outbox
 from web.auth import SESSION_COOKIE, RateLimits
 from web.errors import register_error_handlers
+from web.jsonio import FastJSONProvider
 from web.logging import configure_logging
 from web.metrics import REQUEST_LATENCY, REQUESTS
 
@@ -48,10 +49,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     app = Flask("supportgate")
+    app.json = FastJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = (
         max(settings.max_attachment_bytes, settings.max_json_bytes) + 65536
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     if database is None:
         database = Database(settings.effective_database_url, pool_size=settings.api_threads)
         if settings.redis_url:

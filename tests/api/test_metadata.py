@@ -316,3 +316,50 @@ def test_purging_a_ticket_with_metadata_leaves_the_others_documents(admin, make_
 
         s.execute(text("DELETE FROM tickets WHERE id = :id"), {"id": gone["id"]})
     assert _docs(db) == {keep["id"].replace("-", ""): {"a": "1"}}
+
+
+def _exact_values_round_trip(client, headers) -> None:
+    """Custom-field numbers beyond 64 bits, fractions and non-ASCII text come back exactly,
+    by id and in a list (JSON columns decoded by gateway.jsoncodec, answers by orjson)."""
+    assert (
+        client.post(
+            "/api/v1/custom-fields",
+            json={"key": "seats", "label": "Seats", "type": "number"},
+            headers=headers,
+        ).status_code
+        == 201
+    )
+    big = 2**70 + 1
+    for seats in (big, -big, 0.1, 12345678901234567):
+        r = client.post(
+            "/api/v1/tickets",
+            json={
+                "title": "Ünïcödé ✓ 日本",
+                "customer_email": "exact@example.com",
+                "custom_fields": {"seats": seats},
+                "metadata": {"note": "crème brûlée"},
+            },
+            headers=headers,
+        )
+        assert r.status_code == 201, r.get_json()
+        one = client.get(f"/api/v1/tickets/{r.get_json()['id']}", headers=headers)
+        listed = client.get("/api/v1/tickets?limit=1", headers=headers).get_json()["items"][0]
+        for doc in (one.get_json(), listed):
+            got = doc["custom_fields"]["seats"]
+            assert got == seats and type(got) is type(seats)
+            assert doc["title"] == "Ünïcödé ✓ 日本"
+            assert doc["metadata"] == {"note": "crème brûlée"}
+        assert str(big) in one.get_data(as_text=True) or seats != big
+
+
+def test_exact_json_values_on_postgresql(client, admin):
+    _exact_values_round_trip(client, {"Authorization": f"Bearer {admin.token}"})
+
+
+def test_exact_json_values_on_sqlite(sqlite_app):
+    from gateway.users.services import add_user_cli
+
+    app, db = sqlite_app
+    with db.transaction() as s:
+        _, token = add_user_cli(s, "root@example.com", "admin", "Root", None)
+    _exact_values_round_trip(app.test_client(), {"Authorization": f"Bearer {token}"})
