@@ -79,7 +79,21 @@ def test_healthz_readyz_metrics(client, settings, db):
     r = client.get("/readyz")
     assert r.status_code == 200
     assert r.get_json()["checks"] == {"database": "ok", "storage": "ok"}
+    from prometheus_client import REGISTRY
+
+    def count(status: str) -> float:
+        labels = {"method": "GET", "route": "/api/v1/tickets", "status": status}
+        return REGISTRY.get_sample_value("supportgate_http_requests_total", labels) or 0.0
+
+    def observed() -> float:
+        labels = {"method": "GET", "route": "/api/v1/tickets"}
+        return REGISTRY.get_sample_value("supportgate_http_request_duration_seconds_count", labels)
+
+    before_401, before_all = count("401"), observed() or 0.0
     client.get("/api/v1/tickets")
+    client.get("/api/v1/tickets")
+    assert count("401") == before_401 + 2  # each request counted under its route and status
+    assert observed() == before_all + 2
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert "supportgate_http_requests_total" in metrics.get_data(as_text=True)
