@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.audit import log_action
-from gateway.db import utcnow
+from gateway.db import DriverQuery, utcnow
 from gateway.errors import Conflict, FieldError, NotFound, ValidationFailed
 from gateway.metadata.models import CustomFieldDefinition, TicketMetadata
 from gateway.metadata.schemas import CustomFieldCreate, CustomFieldUpdate, definition_out
@@ -175,6 +175,23 @@ def live_definitions(session: Session) -> dict[str, CustomFieldDefinition]:
     }
 
 
+_FIELD_KINDS = DriverQuery(
+    select(CustomFieldDefinition.key, CustomFieldDefinition.type).where(
+        CustomFieldDefinition.deleted_at.is_(None)
+    )
+)
+
+
+def live_field_kinds(session: Session) -> dict[str, str]:
+    """Each live definition's key and type, for the ``cf.<key>`` list filters.
+
+    One fixed Core statement on the request's connection (a read never builds an
+    ORM Session for it): loading the definitions as ORM objects was a quarter of
+    the CPU of a list request with a ``cf.`` filter.
+    """
+    return dict(_FIELD_KINDS.rows(session, {}))
+
+
 def get_definition(session: Session, key: str) -> CustomFieldDefinition:
     defn = session.get(CustomFieldDefinition, key)
     if defn is None or defn.deleted_at is not None:
@@ -272,24 +289,25 @@ def _coerce(defn: CustomFieldDefinition, value: Any) -> Any:
     raise ValueError(f"field has an unknown type {kind}")
 
 
-def parse_filter_value(defn: CustomFieldDefinition | None, raw: str) -> Any:
-    """Turn a ``cf.<key>=<raw>`` query value into the stored JSON value."""
-    if defn is None:
+def parse_filter_value(key: str, kind: str | None, raw: str) -> Any:
+    """Turn a ``cf.<key>=<raw>`` query value into the stored JSON value, by the type
+    (``kind``) of the field's live definition; ``None``: no such field, matched as text."""
+    if kind is None:
         return raw
     try:
-        if defn.type == "number":
+        if kind == "number":
             number = float(raw)
             if not math.isfinite(number):
                 raise ValueError
             return int(number) if number.is_integer() and "." not in raw else number
-        if defn.type == "boolean":
+        if kind == "boolean":
             if raw.lower() not in ("true", "false"):
                 raise ValueError
             return raw.lower() == "true"
-        if defn.type == "date":
+        if kind == "date":
             return date.fromisoformat(raw).isoformat()
     except ValueError:
-        raise ValidationFailed.on(f"cf.{defn.key}", f"not a valid {defn.type}") from None
+        raise ValidationFailed.on(f"cf.{key}", f"not a valid {kind}") from None
     return raw
 
 

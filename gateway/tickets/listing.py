@@ -39,7 +39,7 @@ from gateway.conversations.models import Message
 from gateway.db import DriverQuery
 from gateway.errors import Forbidden, ValidationFailed
 from gateway.metadata.models import TicketMetadata
-from gateway.metadata.services import live_definitions, parse_filter_value
+from gateway.metadata.services import live_field_kinds, parse_filter_value
 from gateway.pagination import decode_cursor, encode_cursor
 from gateway.permissions import Principal, scope_tickets
 from gateway.schemas import METADATA_KEY_RE
@@ -229,9 +229,9 @@ def _filters(
         for i, (key, value) in enumerate(extra.metadata.items()):
             _metadata_filter(plan, postgres, i, key, value)
     if extra.custom_fields:
-        definitions = live_definitions(session)
+        kinds = live_field_kinds(session)
         for i, (key, raw) in enumerate(extra.custom_fields.items()):
-            value = parse_filter_value(definitions.get(key), raw)
+            value = parse_filter_value(key, kinds.get(key), raw)
             name = f"cf_{i}"
             if postgres:
                 # jsonb @> uses the GIN (jsonb_path_ops) index of the migration. The

@@ -43,7 +43,13 @@ def counted(db: Database, monkeypatch: pytest.MonkeyPatch) -> CountingSessions:
 def test_ticket_reads_and_lists_open_no_orm_session(
     admin: Caller, make_ticket: Any, counted: CountingSessions
 ) -> None:
-    ticket = make_ticket(tags=["x"], metadata={"plan": "gold"})
+    assert (
+        admin.post(
+            "/api/v1/custom-fields", json={"key": "seats", "label": "Seats", "type": "number"}
+        ).status_code
+        == 201
+    )
+    ticket = make_ticket(tags=["x"], metadata={"plan": "gold"}, custom_fields={"seats": 3})
     counted.made = 0
     for path in (
         f"/api/v1/tickets/{ticket['id']}",
@@ -52,9 +58,15 @@ def test_ticket_reads_and_lists_open_no_orm_session(
         "/api/v1/tickets?status=new&priority=normal",
         "/api/v1/tickets?tag=x",
         "/api/v1/tickets?metadata.plan=gold",
+        "/api/v1/tickets?cf.seats=3",
+        "/api/v1/tickets?cf.seats=3&metadata.plan=gold",
     ):
         response = admin.get(path)
         assert response.status_code == 200, (path, response.get_json())
+        assert [t["id"] for t in response.get_json().get("items", [response.get_json()])] == [
+            ticket["id"]
+        ], path
+    assert admin.get("/api/v1/tickets?cf.seats=lots").status_code == 422
     assert counted.made == 0
     # A write still runs in an ORM Session (Database.transaction).
     assert (
@@ -179,4 +191,5 @@ def test_reads_through_the_sqlite_app_open_no_session(
         == 200
     )
     assert client.get("/api/v1/tickets", headers=headers).status_code == 200
+    assert client.get("/api/v1/tickets?cf.seats=3", headers=headers).status_code == 200
     assert counter.made == 0
