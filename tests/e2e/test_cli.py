@@ -146,7 +146,9 @@ def serving(tmp_path: Path, command: str = "serve", **settings: str) -> Iterator
             try:
                 if requests.get(f"{server.base}/healthz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            # Not up yet: refused, or the socket is bound and no worker has answered in
+            # time (a loaded machine while the workers boot); START_TIMEOUT bounds both.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"`supportgate {command}` did not come up:\n{server.output()}")

@@ -67,7 +67,7 @@ def running(tmp_path: Path, command: str, port: int, **settings: str) -> Iterato
             try:
                 if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"{command} did not come up: {log.read_text()[-3000:]}")
@@ -88,7 +88,7 @@ def test_serve_streams_changes_made_through_the_api(tmp_path: Path) -> None:
             try:
                 requests.get(f"{events}/healthz", timeout=2)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
