@@ -485,7 +485,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
         "## Live events: SSE fan-out (`bench/events.py`)",
         "",
         f"Date: {args.date}. Machine: {machine()}. Shared with other work while it ran: "
-        f"\"load\" is the 1-minute load average when each run's writer started.",
+        f'"load" is the 1-minute load average when each run\'s writer started.',
         "",
         f"`supportgate events` with {args.events_workers} worker process(es) "
         f"(PostgreSQL + Redis; linger {args.linger_ms} ms, heartbeat 10 s; RSS and CPU are "
@@ -493,7 +493,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
         f"{args.client_procs} client processes; a writer making {args.rate:g} ticket changes/s "
         f"for {args.duration:g} s through the domain services. Latency is from the writer's "
         f"commit to a subscriber reading the event, over every (event, subscriber) pair. "
-        f"\"bare Redis\" is a plain redis-py subscriber to a message the writer publishes right "
+        f'"bare Redis" is a plain redis-py subscriber to a message the writer publishes right '
         f"after each commit, in the same run.",
         "",
         "| subscribers | load | events | deliveries | p50 ms | p99 ms | max ms | missed | dup. "
